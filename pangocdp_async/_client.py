@@ -1,0 +1,269 @@
+"""PangoCDPClient: wires credentials, the quota scheduler and the transport; owns the session."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+from yarl import URL
+
+from ._auth import StaticToken, TokenManager, TokenSource
+from ._batching import encode_body, make_envelope, prepare_entries
+from ._config import DOCUMENTED_LIMITS, RateLimit
+from ._constants import (
+    DEFAULT_AUTH_URL,
+    DEFAULT_INGEST_URL,
+    DEFAULT_TIMEOUT_S,
+    ENV_API_KEY,
+    ENV_AUTH_URL,
+    ENV_GROUP_KEY,
+    ENV_INGEST_URL,
+    ENV_USERNAME,
+    HEADER_API_KEY,
+    HEADER_TOKEN,
+)
+from ._exceptions import AuthenticationError, RateLimitedError
+from ._limiter import QuotaScheduler
+from ._responses import error_for, parse_body, parse_remaining, request_id_of
+from ._results import IngestResult
+from ._transport import AiohttpTransport, Transport
+
+__all__ = ["PangoCDPClient"]
+
+logger = logging.getLogger("pangocdp_async")
+_MASK = "'**********'"
+
+
+class PangoCDPClient:
+    """Async client for PangoCDP's Data Ingestion API.
+
+    Use it as an async context manager. It opens one :class:`aiohttp.ClientSession` (or borrows
+    ``session``, which it then leaves open), authenticates on first use, and paces every request
+    through a :class:`QuotaScheduler` so that no documented window is exceeded.
+
+    Credentials and URLs not passed fall back to the environment variables
+    ``PANGOCDP_USERNAME``, ``PANGOCDP_API_KEY``, ``PANGOCDP_GROUP_KEY``, ``PANGOCDP_AUTH_URL`` and
+    ``PANGOCDP_INGEST_URL``. A static ``token`` (with ``api_key``) skips the auth call.
+
+    ``limiter`` shares one scheduler (one quota) between clients; otherwise the client makes its
+    own from ``rate_limits`` (an empty sequence turns pacing off). ``transport`` replaces HTTP
+    altogether (tests, benchmarks); ``clock`` is the monotonic clock used for token expiry.
+
+    >>> async with PangoCDPClient(username="me", api_key="...", group_key="...") as client:
+    ...     result = await client.ingest("order", [{"orderId": "1"}], source="POS")
+    """
+
+    def __init__(
+        self,
+        *,
+        username: str | None = None,
+        api_key: str | None = None,
+        group_key: str | None = None,
+        token: str | None = None,
+        auth_url: str | None = None,
+        ingest_url: str | None = None,
+        rate_limits: Sequence[RateLimit] = DOCUMENTED_LIMITS,
+        timeout: float | aiohttp.ClientTimeout = DEFAULT_TIMEOUT_S,
+        session: aiohttp.ClientSession | None = None,
+        limiter: QuotaScheduler | None = None,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        username = username if username is not None else os.environ.get(ENV_USERNAME)
+        api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        group_key = group_key if group_key is not None else os.environ.get(ENV_GROUP_KEY)
+        if not api_key:
+            raise ValueError(f"api_key is required: pass api_key= or set {ENV_API_KEY}")
+        if token is None and (not username or not group_key):
+            missing = " and ".join(
+                name
+                for name, value in (("username", username), ("group_key", group_key))
+                if not value
+            )
+            raise ValueError(
+                f"{missing} required to authenticate: pass them (or set {ENV_USERNAME} and "
+                f"{ENV_GROUP_KEY}), or pass a static token="
+            )
+        self.username = username
+        self._api_key = SecretStr(api_key)
+        self._group_key = SecretStr(group_key or "")
+        self._static_token = None if token is None else SecretStr(token)
+        self.auth_url = _check_url(
+            "auth_url", auth_url or os.environ.get(ENV_AUTH_URL) or DEFAULT_AUTH_URL
+        )
+        self.ingest_url = _check_url(
+            "ingest_url", ingest_url or os.environ.get(ENV_INGEST_URL) or DEFAULT_INGEST_URL
+        )
+        self._ingest_urls = {
+            flag: URL(self.ingest_url).update_query(initData="true" if flag else "false")
+            for flag in (False, True)
+        }
+        if limiter is not None and rate_limits is not DOCUMENTED_LIMITS:
+            raise ValueError("pass either limiter= or rate_limits=, not both")
+        self.limiter = limiter if limiter is not None else QuotaScheduler(rate_limits)
+        self._owns_limiter = limiter is None
+        if isinstance(timeout, aiohttp.ClientTimeout):
+            self._timeout = timeout
+        else:
+            if timeout <= 0:
+                raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+            self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._owns_session = session is None and transport is None
+        self._transport = transport
+        self._clock = clock
+        self._tokens: TokenSource | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PangoCDPClient(ingest_url={self.ingest_url!r}, auth_url={self.auth_url!r}, "
+            f"username={self.username!r}, api_key={_MASK}, "
+            f"group_key={_MASK if self._group_key.get_secret_value() else None}, "
+            f"token={_MASK if self._static_token else None}, limiter={self.limiter!r})"
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def __aenter__(self) -> PangoCDPClient:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Create the session (if the client owns one). ``async with`` calls this for you."""
+        if self._transport is None:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            self._transport = AiohttpTransport(self._session, self._timeout)
+        if self._tokens is None:
+            self._tokens = (
+                StaticToken(self._static_token)
+                if self._static_token is not None
+                else TokenManager(
+                    transport=self._transport,
+                    auth_url=self.auth_url,
+                    username=self.username or "",
+                    api_key=self._api_key,
+                    group_key=self._group_key,
+                    clock=self._clock,
+                )
+            )
+
+    async def aclose(self) -> None:
+        """Close what the client owns: its session, and its scheduler (which saves state)."""
+        if self._owns_limiter:
+            await self.limiter.close()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+            self._transport = None
+
+    @property
+    def auth_calls(self) -> int:
+        """How many times this client called the auth API."""
+        return self._tokens.auth_calls if isinstance(self._tokens, TokenManager) else 0
+
+    # --- one request ---------------------------------------------------------------------------
+    async def ingest(
+        self,
+        object_type: str,
+        entries: Iterable[Any],
+        *,
+        source: str,
+        init_data: bool = False,
+        je_config_id: str | None = None,
+        je_event_key: str | None = None,
+        ignored_update_cfs: list[str] | None = None,
+    ) -> IngestResult:
+        """Send 1 to 50 entries of one object type in one request.
+
+        Raises :class:`RequestValidationError` (before any I/O) for bad input, and an
+        :class:`APIStatusError` subclass or :class:`APIConnectionError` when the request fails.
+        A 401 triggers one token refresh and one retry.
+
+        >>> await client.ingest("order", [{"orderId": "A1"}], source="POS")  # doctest: +SKIP
+        """
+        envelope = make_envelope(
+            object_type,
+            source,
+            je_config_id=je_config_id,
+            je_event_key=je_event_key,
+            ignored_update_cfs=ignored_update_cfs,
+        ).wire_fields()
+        prepared = prepare_entries(entries)
+        body = encode_body(envelope, prepared)
+        return await self.send_encoded(body, entries=len(prepared), init_data=init_data)
+
+    async def send_encoded(self, body: bytes, *, entries: int, init_data: bool) -> IngestResult:
+        """Send one already encoded body: reserve a slot, POST, interpret the answer.
+
+        Every attempt takes its own reservation, just before it is sent.
+        """
+        if self._transport is None or self._tokens is None:
+            raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
+        transport = self._transport
+        tokens = self._tokens
+        url = self._ingest_urls[init_data]
+        api_key = self._api_key.get_secret_value()
+        attempts = 0
+        refreshed = False
+        while True:
+            token = await tokens.get()
+            headers = {
+                "Content-Type": "application/json",
+                HEADER_TOKEN: token,
+                HEADER_API_KEY: api_key,
+            }
+            reservation = await self.limiter.reserve()
+            attempts += 1
+            started = self._clock()
+            response = await transport.post(url, body=body, headers=headers)
+            latency = self._clock() - started
+            parsed = parse_body(response.body)
+            error = error_for(response, parsed)
+            if error is None:
+                remaining = parse_remaining(response)
+                if remaining is not None:
+                    self.limiter.on_remaining(remaining, latency)
+                logger.debug("ingest: %d entries, HTTP %d in %.3f s", entries, response.status,
+                             latency)
+                return IngestResult(
+                    status=response.status,
+                    body=parsed,
+                    request_id=request_id_of(parsed),
+                    attempts=attempts,
+                    latency_s=latency,
+                    entries=entries,
+                    rate_limit_remaining=remaining,
+                )
+            if isinstance(error, RateLimitedError):
+                self.limiter.on_rate_limited(error.retry_after, reservation)
+            elif isinstance(error, AuthenticationError) and tokens.can_refresh and not refreshed:
+                logger.info("ingest: token refused (HTTP 401); refreshing once")
+                refreshed = True
+                await tokens.refresh(token)
+                continue
+            logger.debug("ingest: HTTP %d after %.3f s: %s", response.status, latency, error)
+            raise error
+
+
+def _check_url(name: str, value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} is not a valid URL: {value!r}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {value!r}")
+    return value

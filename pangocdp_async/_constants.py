@@ -1,0 +1,69 @@
+"""Every number and name the library relies on, in one place.
+
+Labels follow the contract: *doc* = PangoCDP's public help centre, *seen* = public third-party
+integrations, *ours* = a default we chose (and that callers can change).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DEFAULT_AUTH_URL",
+    "DEFAULT_INGEST_URL",
+    "DEFAULT_MARGIN_ABSOLUTE_S",
+    "DEFAULT_MARGIN_RELATIVE",
+    "DEFAULT_TIMEOUT_S",
+    "DOCUMENTED_WINDOWS",
+    "ENV_API_KEY",
+    "ENV_AUTH_URL",
+    "ENV_GROUP_KEY",
+    "ENV_INGEST_URL",
+    "ENV_USERNAME",
+    "HEADER_API_KEY",
+    "HEADER_RATE_LIMIT_REMAINING",
+    "HEADER_RETRY_AFTER",
+    "HEADER_TOKEN",
+    "MAX_ENTRIES_PER_REQUEST",
+    "TOKEN_REFRESH_MARGIN_S",
+]
+
+# seen: the URLs public integrations call; override with the arguments or the env vars below.
+DEFAULT_AUTH_URL: Final = "https://account.mydatalakes.com/api/accounts/authen"
+DEFAULT_INGEST_URL: Final = "https://svc.mydatalakes.com/dhub-i/api/v1.0/ingest"
+
+ENV_USERNAME: Final = "PANGOCDP_USERNAME"
+ENV_API_KEY: Final = "PANGOCDP_API_KEY"
+ENV_GROUP_KEY: Final = "PANGOCDP_GROUP_KEY"
+ENV_AUTH_URL: Final = "PANGOCDP_AUTH_URL"
+ENV_INGEST_URL: Final = "PANGOCDP_INGEST_URL"
+
+# doc: request headers carrying the credentials (both names contain an underscore, which some
+# proxies drop by default).
+HEADER_TOKEN: Final = "TOKEN"  # noqa: S105 -- a header name, not a credential
+HEADER_API_KEY: Final = "API_KEY"
+# doc / inferred (Bucket4j convention): rate-limit response headers.
+HEADER_RETRY_AFTER: Final = "X-Rate-Limit-Retry-After-Seconds"
+HEADER_RATE_LIMIT_REMAINING: Final = "X-Rate-Limit-Remaining"
+
+# doc: "entries ... Size: 1-50 entities" (the "Max 100" line is the looser of two statements).
+MAX_ENTRIES_PER_REQUEST: Final = 50
+
+# doc: the five request windows, as (max requests, period in seconds).
+DOCUMENTED_WINDOWS: Final[tuple[tuple[int, float], ...]] = (
+    (50, 1.0),
+    (1_000, 60.0),
+    (5_000, 300.0),
+    (50_000, 3_600.0),
+    (400_000, 86_400.0),
+)
+
+# ours: a token is refreshed this long before the server says it expires.
+TOKEN_REFRESH_MARGIN_S: Final = 60.0
+# ours: total time allowed for one HTTP request.
+DEFAULT_TIMEOUT_S: Final = 30.0
+# ours: every window is widened by absolute + relative * period before the scheduler counts a
+# send out of it. The absolute part absorbs arrival jitter (network, connection pool, event-loop
+# lag); the relative part absorbs a client clock that runs faster than the server's (100 ppm).
+DEFAULT_MARGIN_ABSOLUTE_S: Final = 0.25
+DEFAULT_MARGIN_RELATIVE: Final = 1e-4

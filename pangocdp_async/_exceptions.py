@@ -1,0 +1,136 @@
+"""The one exception tree of pangocdp-async.
+
+::
+
+    PangoCDPError
+     ├── RequestValidationError        bad input, raised before any network I/O
+     ├── APIStatusError                the server answered with an error
+     │    ├── BadRequestError          400
+     │    ├── AuthenticationError      401, or the auth call failed
+     │    ├── RateLimitedError         429 (retriable; ``retry_after`` in seconds)
+     │    ├── ServerError              5xx (retriable)
+     │    └── UnsuccessfulResponseError  200 whose body says ``"success": false``
+     └── APIConnectionError            no usable answer (retriable)
+          └── APITimeoutError          the request timed out
+
+Whether an error is worth retrying is a property of its class (``retriable``), not of lists kept
+elsewhere. ``APIConnectionError.maybe_sent`` says whether the request may have reached the server,
+which decides whether a retry can produce a duplicate.
+
+No exception message carries a credential: messages are built from the server's error code and
+message, the HTTP status and the request id only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "PangoCDPError",
+    "RateLimitedError",
+    "RequestValidationError",
+    "ServerError",
+    "UnsuccessfulResponseError",
+]
+
+
+class PangoCDPError(Exception):
+    """Base class of every error this library raises."""
+
+    retriable: ClassVar[bool] = False
+
+
+class RequestValidationError(PangoCDPError, ValueError):
+    """The request was refused before any I/O: the message names the entry index and field.
+
+    ``index`` is the position of the offending entry in the request (``None`` for envelope
+    fields) and ``field`` the dotted path inside it.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+
+class APIStatusError(PangoCDPError):
+    """The server answered with an error status (or a 200 that says it failed)."""
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        error_code: str | None = None,
+        message: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+    ) -> None:
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        self.request_id = request_id
+        self.body = body
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.error_code:
+            parts.append(self.error_code)
+        text = " ".join(parts)
+        if self.message:
+            text += f": {self.message}"
+        if self.request_id:
+            text += f" (request id {self.request_id})"
+        return text
+
+
+class BadRequestError(APIStatusError):
+    """HTTP 400: the server refused the envelope or an entry; sending it again will not help."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401 on ingest after one token refresh, or a failed call to the auth API."""
+
+
+class RateLimitedError(APIStatusError):
+    """HTTP 429. ``retry_after`` is the server's hint in seconds (``0.0`` means "under a second",
+    never "retry now"), or ``None`` when the header was absent or unreadable."""
+
+    retriable = True
+
+    def __init__(self, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(**kwargs)
+
+
+class ServerError(APIStatusError):
+    """HTTP 5xx."""
+
+    retriable = True
+
+
+class UnsuccessfulResponseError(APIStatusError):
+    """HTTP 200 whose body says ``"success": false``."""
+
+
+class APIConnectionError(PangoCDPError):
+    """No usable answer: the connection failed, broke, or the response could not be read.
+
+    ``maybe_sent`` is ``False`` only when the request certainly never left (for example the
+    connection could not be opened), so a retry cannot create a duplicate.
+    """
+
+    retriable = True
+
+    def __init__(self, message: str, *, maybe_sent: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
+
+
+class APITimeoutError(APIConnectionError):
+    """The request did not complete within the configured timeout."""

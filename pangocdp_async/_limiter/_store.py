@@ -1,0 +1,61 @@
+"""Where the scheduler's state survives a restart: a small SQLite table (stdlib sqlite3)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+__all__ = ["QuotaStore", "SQLiteQuotaStore"]
+
+
+class QuotaStore(Protocol):
+    """Loads and saves one scheduler's state (a JSON-able dict)."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class SQLiteQuotaStore:
+    """Keeps scheduler state in table ``quota_state`` of a SQLite file, one row per ``key``.
+
+    Use one key per quota (per API key): two processes that share a key share a quota. The file
+    can hold other tables (the CLI keeps its journal in the same file).
+    """
+
+    def __init__(self, path: str | Path, *, key: str = "default") -> None:
+        self.path = Path(path)
+        self.key = key
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS quota_state "
+            "(key TEXT PRIMARY KEY, saved_at REAL NOT NULL, state BLOB NOT NULL)"
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteQuotaStore({str(self.path)!r}, key={self.key!r})"
+
+    def load(self) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT state FROM quota_state WHERE key = ?", (self.key,)
+        ).fetchone()
+        if row is None:
+            return None
+        state: dict[str, Any] = orjson.loads(row[0])
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self._conn.execute(
+            "INSERT INTO quota_state (key, saved_at, state) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET saved_at = excluded.saved_at, state = excluded.state",
+            (self.key, time.time(), orjson.dumps(state)),
+        )
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,93 @@
+"""Turning an HTTP answer into a parsed body or the right exception. Pure: no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ._constants import HEADER_RATE_LIMIT_REMAINING, HEADER_RETRY_AFTER
+from ._exceptions import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    RateLimitedError,
+    ServerError,
+    UnsuccessfulResponseError,
+)
+from ._models import ErrorBody
+from ._retry import parse_retry_after
+from ._transport import RawResponse
+
+__all__ = ["error_for", "parse_body", "parse_remaining", "request_id_of"]
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    429: RateLimitedError,
+}
+
+
+def parse_body(raw: bytes) -> Any:
+    """The JSON body, or the text when it is not JSON (``None`` when empty)."""
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
+def request_id_of(body: Any) -> str | None:
+    if isinstance(body, dict):
+        rid = body.get("requestId")
+        if rid is not None:
+            return str(rid)
+    return None
+
+
+def parse_remaining(response: RawResponse) -> int | None:
+    value = response.headers.get(HEADER_RATE_LIMIT_REMAINING)
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def error_for(response: RawResponse, body: Any, *, auth: bool = False) -> APIStatusError | None:
+    """The exception this answer means, or ``None`` for a success.
+
+    ``auth=True`` maps 4xx of the auth endpoint to :class:`AuthenticationError`, since there a
+    400 means wrong or missing credentials.
+    """
+    status = response.status
+    details = _error_details(body)
+    if 200 <= status < 300:
+        if isinstance(body, dict) and body.get("success") is False:
+            cls: type[APIStatusError] = AuthenticationError if auth else UnsuccessfulResponseError
+            return cls(status=status, body=body, **details)
+        return None
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get(HEADER_RETRY_AFTER))
+        return RateLimitedError(status=status, body=body, retry_after=retry_after, **details)
+    if status >= 500:
+        return ServerError(status=status, body=body, **details)
+    if auth and 400 <= status < 500:
+        return AuthenticationError(status=status, body=body, **details)
+    cls = _STATUS_ERRORS.get(status, APIStatusError)
+    return cls(status=status, body=body, **details)
+
+
+def _error_details(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict):
+        try:
+            err = ErrorBody.model_validate(body)
+        except ValidationError:
+            return {"message": None, "error_code": None, "request_id": request_id_of(body)}
+        return {"error_code": err.error_code, "message": err.message, "request_id": err.request_id}
+    if isinstance(body, str) and body:
+        return {"message": body[:200], "error_code": None, "request_id": None}
+    return {"message": None, "error_code": None, "request_id": None}

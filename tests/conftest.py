@@ -1,0 +1,57 @@
+"""Shared fixtures: a FakePangoCDP on an ephemeral loopback port and clients bound to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from pangocdp_async import PangoCDPClient
+from pangocdp_async.testing import FakePangoCDP
+
+
+class ManualClock:
+    """A clock that moves only when a test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """An injectable sleep that moves this clock instead of waiting."""
+        self.now += max(0.0, seconds)
+        self.slept += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePangoCDP]:
+    """A fake with rate limiting off, so tests of other behaviour are not paced."""
+    async with FakePangoCDP(rate_limits=None) as server:
+        yield server
+
+
+ClientFactory = Callable[..., PangoCDPClient]
+
+
+@pytest.fixture
+def make_client(fake: FakePangoCDP) -> ClientFactory:
+    def factory(**kwargs: Any) -> PangoCDPClient:
+        options: dict[str, Any] = {**fake.client_kwargs(), "rate_limits": ()}
+        options.update(kwargs)
+        return PangoCDPClient(**options)
+
+    return factory

@@ -1,0 +1,135 @@
+"""Tokens: cached, refreshed once for many concurrent callers, refreshed once on a 401."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pangocdp_async import AuthenticationError, PangoCDPClient
+from pangocdp_async.testing import FakePangoCDP
+from tests.conftest import ClientFactory, ManualClock
+
+
+async def test_token_is_cached(fake: FakePangoCDP, make_client: ClientFactory) -> None:
+    """Ten sequential ingests make one auth call."""
+    async with make_client() as client:
+        for i in range(10):
+            await client.ingest("order", [{"i": i}], source="POS")
+    assert fake.auth_calls == 1
+    assert client.auth_calls == 1
+
+
+async def test_single_flight_after_expiry(
+    fake: FakePangoCDP, make_client: ClientFactory, clock: ManualClock
+) -> None:
+    """20 concurrent ingests after the token expired cause exactly one auth call."""
+    async with make_client(clock=clock) as client:
+        await client.ingest("order", [{"i": 0}], source="POS")
+        assert fake.auth_calls == 1
+        clock.advance(1800)  # past expiredAfter minus the refresh margin
+        results = await asyncio.gather(
+            *(client.ingest("order", [{"i": i}], source="POS") for i in range(20))
+        )
+    assert fake.auth_calls == 2
+    assert all(r.status == 200 for r in results)
+    assert len(fake.accepted) == 21
+
+
+async def test_refresh_before_expiry_margin(
+    fake: FakePangoCDP, make_client: ClientFactory, clock: ManualClock
+) -> None:
+    """The token is refreshed 60 s before the server's stated expiry, not after it."""
+    async with make_client(clock=clock) as client:
+        await client.ingest("order", [{"i": 0}], source="POS")
+        clock.advance(1800 - 61)
+        await client.ingest("order", [{"i": 1}], source="POS")
+        assert fake.auth_calls == 1
+        clock.advance(2)
+        await client.ingest("order", [{"i": 2}], source="POS")
+        assert fake.auth_calls == 2
+
+
+async def test_401_refreshes_once_and_retries(
+    fake: FakePangoCDP, make_client: ClientFactory
+) -> None:
+    """A 401 on ingest causes one refresh and one retry, which succeeds."""
+    async with make_client() as client:
+        await client.ingest("order", [{"i": 0}], source="POS")
+        fake.expire_tokens()
+        result = await client.ingest("order", [{"i": 1}], source="POS")
+    assert result.attempts == 2
+    assert fake.auth_calls == 2
+    assert [r.status for r in fake.requests] == [200, 401, 200]
+    assert fake.accepted == [{"i": 0}, {"i": 1}]
+
+
+async def test_concurrent_401s_share_one_refresh(
+    fake: FakePangoCDP, make_client: ClientFactory
+) -> None:
+    """Ten requests refused with 401 at once refresh the token once between them."""
+    async with make_client() as client:
+        await client.ingest("order", [{"i": 0}], source="POS")
+        fake.expire_tokens()
+        await asyncio.gather(*(client.ingest("order", [{"i": i}], source="POS")
+                               for i in range(1, 11)))
+    assert fake.auth_calls == 2
+    assert sorted(e["i"] for e in fake.accepted) == list(range(11))
+
+
+@pytest.mark.parametrize(
+    ("creds", "message"),
+    [
+        ({"username": "demo", "api_key": "wrong", "group_key": "demo-group-key"},
+         "Username or ApiKey is incorrect"),
+        ({"username": "demo", "api_key": "demo-api-key", "group_key": "nope"},
+         "Username or ApiKey is incorrect"),
+    ],
+)
+async def test_bad_credentials(
+    fake: FakePangoCDP, creds: dict[str, str], message: str
+) -> None:
+    """Wrong credentials raise AuthenticationError with the server's message and no secret."""
+    async with PangoCDPClient(username=creds["username"], api_key=creds["api_key"],
+                              group_key=creds["group_key"], auth_url=fake.auth_url,
+                              ingest_url=fake.ingest_url, rate_limits=()) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.ingest("order", [{"i": 0}], source="POS")
+    assert info.value.status == 400
+    assert info.value.message == message
+    assert info.value.error_code == "INVALID_CREDENTIALS"
+    for secret in creds.values():
+        if secret != "demo":
+            assert secret not in str(info.value)
+            assert secret not in repr(info.value.body)
+
+
+async def test_static_token_skips_auth(fake: FakePangoCDP, make_client: ClientFactory) -> None:
+    """A static token is used as is; a 401 with it is final (it cannot be refreshed)."""
+    async with make_client() as authed:  # obtain a real token from the fake
+        await authed.ingest("order", [{"i": 0}], source="POS")
+    token = next(iter(fake._tokens))
+    async with PangoCDPClient(api_key=fake.api_key, token=token, ingest_url=fake.ingest_url,
+                              rate_limits=()) as client:
+        await client.ingest("order", [{"i": 1}], source="POS")
+        assert fake.auth_calls == 1
+        fake.expire_tokens()
+        with pytest.raises(AuthenticationError) as info:
+            await client.ingest("order", [{"i": 2}], source="POS")
+    assert info.value.status == 401
+    assert token not in str(info.value)
+    assert client.auth_calls == 0
+    assert [r.status for r in fake.requests][-2:] == [200, 401]  # no retry
+
+
+async def test_auth_failure_reaches_every_waiter(
+    fake: FakePangoCDP, make_client: ClientFactory
+) -> None:
+    """When the single auth call fails, all concurrent callers get the error; none hangs."""
+    async with make_client(api_key="wrong") as client:
+        results = await asyncio.gather(
+            *(client.ingest("order", [{"i": i}], source="POS") for i in range(5)),
+            return_exceptions=True,
+        )
+    assert all(isinstance(r, AuthenticationError) for r in results)
+    assert fake.auth_calls == 1
