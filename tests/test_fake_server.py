@@ -94,7 +94,8 @@ async def _token(session: aiohttp.ClientSession, fake: FakePangoCDP) -> str:
         body = await resp.json()
     assert body["success"] is True
     assert body["status"] == "authenticated"
-    assert body["expiredAt"] - body["issuedAt"] == 1_800_000
+    assert body["expiredAfter"] == fake.token_lifetime_s
+    assert body["expiredAt"] - body["issuedAt"] == fake.token_lifetime_s * 1000
     return str(body["token"])
 
 
@@ -182,7 +183,7 @@ async def test_fake_token_lifetime(clock: ManualClock) -> None:
     """Tokens expire after the configured lifetime on the fake's clock."""
     async with FakePangoCDP(rate_limits=None, token_lifetime_s=60, clock=clock) as fake:
         async with aiohttp.ClientSession() as session:
-            token = await _token_lifetime(session, fake)
+            token = await _token(session, fake)
             async with session.post(fake.ingest_url, data=orjson.dumps(BODY),
                                     headers={"TOKEN": token, "API_KEY": "demo-api-key"}) as r1:
                 assert r1.status == 200
@@ -190,14 +191,6 @@ async def test_fake_token_lifetime(clock: ManualClock) -> None:
             async with session.post(fake.ingest_url, data=orjson.dumps(BODY),
                                     headers={"TOKEN": token, "API_KEY": "demo-api-key"}) as r2:
                 assert r2.status == 401
-
-
-async def _token_lifetime(session: aiohttp.ClientSession, fake: FakePangoCDP) -> str:
-    async with session.post(fake.auth_url, json={"username": "demo", "apiKey": "demo-api-key",
-                                                 "cdpGKey": "demo-group-key"}) as resp:
-        body = await resp.json()
-    assert body["expiredAfter"] == 60
-    return str(body["token"])
 
 
 async def test_fake_faults_by_probability() -> None:
