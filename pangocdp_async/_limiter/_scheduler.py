@@ -90,8 +90,10 @@ class QuotaScheduler:
         self.margin = margin if margin is not None else Margin()
         cls = SlidingWindow if policy == "sliding" else TokenBucketWindow
         self._windows: list[Window] = [cls(lim, self.margin) for lim in self.limits]
+        if (clock is None) != (sleep is None):
+            raise ValueError("inject clock and sleep together (or neither)")
         self._clock = clock
-        self._sleep = sleep if sleep is not None else asyncio.sleep
+        self._injected_sleep = sleep
         self._wall_clock = wall_clock
         self._store = store
         self._save_every = save_every
@@ -102,6 +104,7 @@ class QuotaScheduler:
         self._pause_started = float("-inf")
         self._waiters: deque[_Waiter] = deque()
         self._timer: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = None
         self._seq = 0
         self._unsaved = 0
         #: Counters, for stats and tests.
@@ -150,9 +153,13 @@ class QuotaScheduler:
         reservation = self.claim()
         if reservation.slot <= self.now():
             return reservation
-        future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reservation] = loop.create_future()
         self._waiters.append(_Waiter(reservation, future))
-        if self._timer is None or self._timer.done():
+        if self._injected_sleep is None:
+            if self._handle is None:
+                self._arm(loop)
+        elif self._timer is None or self._timer.done():
             self._timer = asyncio.ensure_future(self._run_timer())
         return await future
 
@@ -163,25 +170,34 @@ class QuotaScheduler:
             return False
         return all(w.earliest() <= now for w in self._windows)
 
-    async def _run_timer(self) -> None:
+    def _release_due(self, now: float) -> float | None:
+        """Wake every waiter whose slot has come; return when the next one is due."""
         waiters = self._waiters
         while waiters:
-            head = waiters[0]
-            if head.future.done():  # cancelled while waiting
-                waiters.popleft()
-                continue
-            now = self.now()
-            due = max(head.reservation.slot, self._paused_until)
-            if due > now:
-                await self._sleep(due - now)
-                continue
-            while waiters:
-                w = waiters[0]
-                if not w.future.done():
-                    if max(w.reservation.slot, self._paused_until) > now:
-                        break
-                    w.future.set_result(w.reservation)
-                waiters.popleft()
+            w = waiters[0]
+            if not w.future.done():  # a done future was cancelled while waiting
+                due = max(w.reservation.slot, self._paused_until)
+                if due > now:
+                    return due
+                w.future.set_result(w.reservation)
+            waiters.popleft()
+        return None
+
+    # Two interchangeable timers: on the loop's own clock one TimerHandle (cheapest); with an
+    # injected clock and sleep, one task that sleeps until the head is due.
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = self._release_due(self.now())
+        self._handle = None if due is None else loop.call_at(due, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        self._arm(loop)
+
+    async def _run_timer(self) -> None:
+        sleep = self._injected_sleep
+        assert sleep is not None
+        while (due := self._release_due(self.now())) is not None:
+            await sleep(due - self.now())
 
     # --- feedback from the server -----------------------------------------------------------
     def on_rate_limited(
@@ -195,7 +211,7 @@ class QuotaScheduler:
         """
         now = self.now()
         self.rate_limited += 1
-        if reservation is not None and reservation.slot < self._pause_started:
+        if reservation is not None and reservation.slot <= self._pause_started:
             return self._paused_until
         logger.warning(
             "PangoCDP answered 429 (retry-after %s): the quota model was wrong or another client "
@@ -309,6 +325,9 @@ class QuotaScheduler:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         while self._waiters:
             self._waiters.popleft().future.cancel()
         if self._store is not None and self._loaded:

@@ -107,7 +107,8 @@ class SlidingWindow:
                 self._head = 0
 
     def _count_until(self, t: float) -> int:
-        j = bisect_right(self._times, t, self._head)
+        # A bucketed send is filed under its bucket's end, which may lie past ``t``.
+        j = bisect_right(self._times, t + self.bucket, self._head)
         return (self._cum[j - 1] if j > self._head else self._base) - self._base
 
     def used(self, now: float) -> int:

@@ -9,6 +9,7 @@ network I/O: a socket that needs real time to answer would see time rush past it
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
@@ -36,14 +37,14 @@ class _VirtualSelector(selectors.BaseSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready = self._real.select(0)
-        if ready:
-            return ready
-        if timeout is None:
+        if timeout is None and not ready:
             # No timer at all: only real I/O (a thread, a signal) can wake us.
             return self._real.select(None)
-        if timeout > 0:
-            self._loop.advance(timeout)
-        return []
+        # Like a real clock, every turn of the loop moves time on, if only by the smallest
+        # step a float allows: code that re-arms a timer for "now plus a rounding error" would
+        # otherwise spin at one instant forever.
+        self._loop.advance(0.0 if ready or timeout is None else timeout)
+        return ready
 
     def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
         return self._real.get_map()
@@ -66,7 +67,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """Move the clock forward (the loop does this itself whenever it would wait)."""
         if seconds < 0:
             raise ValueError("virtual time only moves forward")
-        self._virtual_now += seconds
+        now = self._virtual_now
+        # A wait shorter than the clock's float resolution must still move it, or code that
+        # re-arms a timer for "a tiny bit later" would spin forever at the same instant.
+        self._virtual_now = max(now + seconds, math.nextafter(now, math.inf))
 
 
 def run_in_virtual_time(coro: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
