@@ -15,7 +15,9 @@ from ._exceptions import (
     UnsuccessfulResponseError,
 )
 from ._limiter import Policy, QuotaScheduler, QuotaStore, Reservation, SQLiteQuotaStore
-from ._results import IngestResult
+from ._pipeline import IngestStream, PipelineError, RecordSourceError
+from ._results import ClientStats, IngestReport, IngestResult, RecordFailure, UnsentRecord
+from ._retry import RetryPolicy
 from ._transport import RawResponse, Transport
 
 __all__ = [
@@ -25,21 +27,29 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientStats",
+    "IngestReport",
     "IngestResult",
+    "IngestStream",
     "Margin",
     "PangoCDPClient",
     "PangoCDPError",
+    "PipelineError",
     "Policy",
     "QuotaScheduler",
     "QuotaStore",
     "RateLimit",
     "RateLimitedError",
     "RawResponse",
+    "RecordFailure",
+    "RecordSourceError",
     "RequestValidationError",
     "Reservation",
+    "RetryPolicy",
     "SQLiteQuotaStore",
     "ServerError",
     "Transport",
+    "UnsentRecord",
     "UnsuccessfulResponseError",
 ]
 __version__ = "0.1.0.dev0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,7 +19,15 @@ from ._constants import MAX_ENTRIES_PER_REQUEST
 from ._exceptions import RequestValidationError
 from ._models import IngestEnvelope
 
-__all__ = ["encode_body", "make_envelope", "prepare_entries", "prepare_entry"]
+__all__ = [
+    "Batch",
+    "EntryEncoder",
+    "check_entries",
+    "encode_body",
+    "make_envelope",
+    "prepare_entries",
+    "prepare_entry",
+]
 
 # Python-facing argument names for the envelope fields, for error messages.
 _ARGUMENT_NAMES = {
@@ -81,50 +90,108 @@ def prepare_entry(entry: object, index: int) -> dict[str, Any]:
     )
 
 
-def prepare_entries(entries: Iterable[object]) -> list[dict[str, Any]]:
-    """Check the size of one request's entries and turn each into a dict."""
+def check_entries(entries: Iterable[object]) -> list[object]:
+    """One request's entries as a list of 1 to 50 items, or a clear error."""
     if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
         raise RequestValidationError(
             f"entries must be a list of mappings, got {type(entries).__name__}", field="entries"
         )
-    prepared = [prepare_entry(entry, i) for i, entry in enumerate(entries)]
-    if not 1 <= len(prepared) <= MAX_ENTRIES_PER_REQUEST:
+    items = list(entries)
+    if not 1 <= len(items) <= MAX_ENTRIES_PER_REQUEST:
         raise RequestValidationError(
             f"entries: one request takes 1 to {MAX_ENTRIES_PER_REQUEST} entries, "
-            f"got {len(prepared)}",
+            f"got {len(items)} (ingest_many() batches any number)",
             field="entries",
         )
-    return prepared
+    return items
+
+
+def prepare_entries(entries: Iterable[object]) -> list[dict[str, Any]]:
+    """Check the size of one request's entries and turn each into a dict."""
+    return [prepare_entry(entry, i) for i, entry in enumerate(check_entries(entries))]
+
+
+class EntryEncoder:
+    """Encodes each entry once, and assembles request bodies from the encoded pieces.
+
+    A body is ``prefix + b",".join(entries) + b"]}"``, so batches can be cut by count and by
+    bytes, and split again after a 400, without encoding anything twice.
+    """
+
+    __slots__ = ("overhead", "prefix")
+
+    def __init__(self, envelope: Mapping[str, Any]) -> None:
+        head = orjson.dumps(dict(envelope))
+        self.prefix = head[:-1] + (b',"entries":[' if len(head) > 2 else b'"entries":[')
+        self.overhead = len(self.prefix) + 2
+
+    def encode(self, record: object, position: int) -> bytes:
+        """One record as JSON bytes, or :class:`RequestValidationError` naming ``position``."""
+        entry = prepare_entry(record, position)
+        try:
+            data = orjson.dumps(entry)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise _explain_unencodable(entry, position, exc) from None
+        # orjson writes NaN and +-Infinity as null without complaint. Walking every entry for
+        # them would cost more than encoding; bytes without "null" cannot hide one.
+        if b"null" in data:
+            _reject_non_finite(entry, position)
+        return data
+
+    def body(self, parts: list[bytes]) -> bytes:
+        return self.prefix + b",".join(parts) + b"]}"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Encoded entries bound for one request, with their positions in the caller's input."""
+
+    positions: list[int] = field(default_factory=list)
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes of the parts plus their separators
+
+    def add(self, position: int, part: bytes) -> None:
+        self.size += len(part) + (1 if self.parts else 0)
+        self.positions.append(position)
+        self.parts.append(part)
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def split(self, at: int) -> tuple[Batch, Batch]:
+        left, right = Batch(), Batch()
+        for pos, part in zip(self.positions[:at], self.parts[:at], strict=True):
+            left.add(pos, part)
+        for pos, part in zip(self.positions[at:], self.parts[at:], strict=True):
+            right.add(pos, part)
+        return left, right
+
+    def without(self, index: int) -> Batch:
+        rest = Batch()
+        for i, (pos, part) in enumerate(zip(self.positions, self.parts, strict=True)):
+            if i != index:
+                rest.add(pos, part)
+        return rest
 
 
 def encode_body(envelope: Mapping[str, Any], entries: list[dict[str, Any]], *,
                 first_index: int = 0) -> bytes:
     """Encode one request body. ``first_index`` numbers entries in error messages."""
-    body = dict(envelope)
-    body["entries"] = entries
-    try:
-        data = orjson.dumps(body)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise _explain_unencodable(entries, first_index, exc) from None
-    # orjson writes NaN and +-Infinity as null without complaint. Walking every entry for them
-    # would cost more than encoding; a body without the bytes "null" cannot hide one.
-    if b"null" in data:
-        _reject_non_finite(entries, first_index)
-    return data
+    encoder = EntryEncoder(envelope)
+    return encoder.body([encoder.encode(e, first_index + i) for i, e in enumerate(entries)])
 
 
-def _explain_unencodable(
-    entries: list[dict[str, Any]], first_index: int, cause: Exception
-) -> RequestValidationError:
-    for i, entry in enumerate(entries):
-        path = _find_unencodable(entry, "", 0)
-        if path is not None:
-            field, reason = path
-            index = first_index + i
-            return RequestValidationError(
-                f"entries[{index}]{field}: {reason}", index=index, field=field.lstrip(".") or None
-            )
-    return RequestValidationError(f"the request body cannot be encoded as JSON: {cause}")
+def _explain_unencodable(entry: Any, index: int, cause: Exception) -> RequestValidationError:
+    path = _find_unencodable(entry, "", 0)
+    if path is not None:
+        field_path, reason = path
+        return RequestValidationError(
+            f"entries[{index}]{field_path}: {reason}",
+            index=index,
+            field=field_path.lstrip(".") or None,
+        )
+    return RequestValidationError(f"entries[{index}]: cannot be encoded as JSON: {cause}",
+                                  index=index)
 
 
 def _find_unencodable(value: object, path: str, depth: int) -> tuple[str, str] | None:
@@ -151,17 +218,15 @@ def _find_unencodable(value: object, path: str, depth: int) -> tuple[str, str] |
     return None
 
 
-def _reject_non_finite(entries: list[dict[str, Any]], first_index: int) -> None:
-    for i, entry in enumerate(entries):
-        field = _find_non_finite(entry, "")
-        if field is not None:
-            index = first_index + i
-            raise RequestValidationError(
-                f"entries[{index}]{field}: NaN and Infinity are not valid JSON "
-                "(they would be sent as null)",
-                index=index,
-                field=field.lstrip("."),
-            )
+def _reject_non_finite(entry: Any, index: int) -> None:
+    path = _find_non_finite(entry, "")
+    if path is not None:
+        raise RequestValidationError(
+            f"entries[{index}]{path}: NaN and Infinity are not valid JSON "
+            "(they would be sent as null)",
+            index=index,
+            field=path.lstrip("."),
+        )
 
 
 def _find_non_finite(value: object, path: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -14,11 +14,14 @@ from pydantic import SecretStr
 from yarl import URL
 
 from ._auth import StaticToken, TokenManager, TokenSource
-from ._batching import encode_body, make_envelope, prepare_entries
+from ._batching import EntryEncoder, check_entries, make_envelope
 from ._config import DOCUMENTED_LIMITS, RateLimit
 from ._constants import (
     DEFAULT_AUTH_URL,
+    DEFAULT_CONCURRENCY,
     DEFAULT_INGEST_URL,
+    DEFAULT_LINGER_S,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     ENV_API_KEY,
     ENV_AUTH_URL,
@@ -27,11 +30,15 @@ from ._constants import (
     ENV_USERNAME,
     HEADER_API_KEY,
     HEADER_TOKEN,
+    MAX_ENTRIES_PER_REQUEST,
 )
 from ._exceptions import AuthenticationError, RateLimitedError
 from ._limiter import QuotaScheduler
+from ._pipeline import DeadLetter, IngestStream, Pipeline
 from ._responses import error_for, parse_body, parse_remaining, request_id_of
-from ._results import IngestResult
+from ._results import ClientStats, IngestReport, IngestResult
+from ._retry import RetryPolicy
+from ._stats import StatsRecorder
 from ._transport import AiohttpTransport, Transport
 
 __all__ = ["PangoCDPClient"]
@@ -119,6 +126,9 @@ class PangoCDPClient:
         self._transport = transport
         self._clock = clock
         self._tokens: TokenSource | None = None
+        self._stats = StatsRecorder(clock)
+        #: The report of the latest ``ingest_many`` run, also when it was cancelled.
+        self.last_report: IngestReport | None = None
 
     def __repr__(self) -> str:
         return (
@@ -171,6 +181,12 @@ class PangoCDPClient:
             self._transport = None
 
     @property
+    def stats(self) -> ClientStats:
+        """Requests by status class, 429s, retries, in flight, queue depth, records/s and
+        latency percentiles (over the latest requests)."""
+        return self._stats.snapshot()
+
+    @property
     def auth_calls(self) -> int:
         """How many times this client called the auth API."""
         return self._tokens.auth_calls if isinstance(self._tokens, TokenManager) else 0
@@ -202,9 +218,99 @@ class PangoCDPClient:
             je_event_key=je_event_key,
             ignored_update_cfs=ignored_update_cfs,
         ).wire_fields()
-        prepared = prepare_entries(entries)
-        body = encode_body(envelope, prepared)
-        return await self.send_encoded(body, entries=len(prepared), init_data=init_data)
+        items = check_entries(entries)
+        encoder = EntryEncoder(envelope)
+        body = encoder.body([encoder.encode(item, i) for i, item in enumerate(items)])
+        return await self.send_encoded(body, entries=len(items), init_data=init_data)
+
+    async def ingest_many(
+        self,
+        object_type: str,
+        records: Iterable[Any] | AsyncIterable[Any],
+        *,
+        source: str,
+        init_data: bool = False,
+        je_config_id: str | None = None,
+        je_event_key: str | None = None,
+        ignored_update_cfs: list[str] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        batch_size: int = MAX_ENTRIES_PER_REQUEST,
+        max_batch_bytes: int | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetter | None = None,
+        on_progress: Callable[[IngestReport], Any] | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    ) -> IngestReport:
+        """Send any number of records (an iterable or async iterable, never materialized) in
+        batches of up to ``batch_size`` entries and ``max_batch_bytes`` bytes, from
+        ``concurrency`` senders, retrying by ``retry``. Returns a report with a result for every
+        record; failed records also go to ``dead_letter`` (a JSON Lines path or a callable).
+
+        On cancellation, reading stops, requests under way get ``shutdown_timeout`` seconds to
+        finish, ``client.last_report`` lists the records not sent, and CancelledError
+        propagates. If the record source raises, :class:`RecordSourceError` carries the report.
+
+        >>> report = await client.ingest_many("order", rows(), source="POS")  # doctest: +SKIP
+        """
+        pipeline = self._pipeline(
+            object_type, source, init_data, je_config_id, je_event_key, ignored_update_cfs,
+            concurrency, batch_size, max_batch_bytes, retry, dead_letter, on_progress, None,
+            shutdown_timeout,
+        )
+        return await pipeline.run(records)
+
+    def stream(
+        self,
+        object_type: str,
+        *,
+        source: str,
+        init_data: bool = False,
+        je_config_id: str | None = None,
+        je_event_key: str | None = None,
+        ignored_update_cfs: list[str] | None = None,
+        linger: float = DEFAULT_LINGER_S,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        batch_size: int = MAX_ENTRIES_PER_REQUEST,
+        max_batch_bytes: int | None = None,
+        max_pending: int | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter: DeadLetter | None = None,
+        on_progress: Callable[[IngestReport], Any] | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    ) -> IngestStream:
+        """A stream for services that produce records one at a time.
+
+        >>> async with client.stream("order", source="POS") as stream:  # doctest: +SKIP
+        ...     await stream.send({"orderId": "A-1"})
+        >>> stream.report.records_accepted                                # doctest: +SKIP
+        """
+        pipeline = self._pipeline(
+            object_type, source, init_data, je_config_id, je_event_key, ignored_update_cfs,
+            concurrency, batch_size, max_batch_bytes, retry, dead_letter, on_progress, linger,
+            shutdown_timeout,
+        )
+        return IngestStream(pipeline, pipeline.encoder,
+                            max_pending if max_pending is not None else batch_size * concurrency)
+
+    def _pipeline(
+        self, object_type: str, source: str, init_data: bool, je_config_id: str | None,
+        je_event_key: str | None, ignored_update_cfs: list[str] | None, concurrency: int,
+        batch_size: int, max_batch_bytes: int | None, retry: RetryPolicy | None,
+        dead_letter: DeadLetter | None, on_progress: Callable[[IngestReport], Any] | None,
+        linger: float | None, shutdown_timeout: float,
+    ) -> Pipeline:
+        if self._transport is None:
+            raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
+        envelope = make_envelope(
+            object_type, source, je_config_id=je_config_id, je_event_key=je_event_key,
+            ignored_update_cfs=ignored_update_cfs,
+        ).wire_fields()
+        return Pipeline(
+            self, EntryEncoder(envelope), init_data=init_data, concurrency=concurrency,
+            batch_size=batch_size, max_batch_bytes=max_batch_bytes,
+            retry=retry if retry is not None else RetryPolicy(), dead_letter=dead_letter,
+            on_progress=on_progress, linger=linger, shutdown_timeout=shutdown_timeout,
+        )
 
     async def send_encoded(self, body: bytes, *, entries: int, init_data: bool) -> IngestResult:
         """Send one already encoded body: reserve a slot, POST, interpret the answer.
@@ -215,6 +321,7 @@ class PangoCDPClient:
             raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
         transport = self._transport
         tokens = self._tokens
+        stats = self._stats
         url = self._ingest_urls[init_data]
         api_key = self._api_key.get_secret_value()
         attempts = 0
@@ -228,9 +335,15 @@ class PangoCDPClient:
             }
             reservation = await self.limiter.reserve()
             attempts += 1
+            stats.started()
             started = self._clock()
-            response = await transport.post(url, body=body, headers=headers)
+            try:
+                response = await transport.post(url, body=body, headers=headers)
+            except BaseException:
+                stats.failed()
+                raise
             latency = self._clock() - started
+            stats.answered(response.status, latency, entries)
             parsed = parse_body(response.body)
             error = error_for(response, parsed)
             if error is None:

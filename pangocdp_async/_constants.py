@@ -10,9 +10,17 @@ from typing import Final
 
 __all__ = [
     "DEFAULT_AUTH_URL",
+    "DEFAULT_BACKOFF_INITIAL_S",
+    "DEFAULT_BACKOFF_MAX_S",
+    "DEFAULT_CONCURRENCY",
     "DEFAULT_INGEST_URL",
+    "DEFAULT_LINGER_S",
     "DEFAULT_MARGIN_ABSOLUTE_S",
     "DEFAULT_MARGIN_RELATIVE",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_RATE_LIMITED",
+    "DEFAULT_RETRY_BUDGET_S",
+    "DEFAULT_SHUTDOWN_TIMEOUT_S",
     "DEFAULT_TIMEOUT_S",
     "DOCUMENTED_WINDOWS",
     "ENV_API_KEY",
@@ -24,6 +32,7 @@ __all__ = [
     "HEADER_RATE_LIMIT_REMAINING",
     "HEADER_RETRY_AFTER",
     "HEADER_TOKEN",
+    "LATENCY_SAMPLES",
     "MAX_ENTRIES_PER_REQUEST",
     "TOKEN_REFRESH_MARGIN_S",
 ]
@@ -67,3 +76,18 @@ DEFAULT_TIMEOUT_S: Final = 30.0
 # lag); the relative part absorbs a client clock that runs faster than the server's (100 ppm).
 DEFAULT_MARGIN_ABSOLUTE_S: Final = 0.25
 DEFAULT_MARGIN_RELATIVE: Final = 1e-4
+
+# ours: retry defaults (RetryPolicy). A batch gets this many attempts for 5xx, connection errors
+# and timeouts, waiting a full-jitter exponential backoff between them, within a time budget.
+DEFAULT_MAX_ATTEMPTS: Final = 6
+DEFAULT_BACKOFF_INITIAL_S: Final = 0.5
+DEFAULT_BACKOFF_MAX_S: Final = 30.0
+DEFAULT_RETRY_BUDGET_S: Final = 600.0
+# ours: 429s tolerated for one batch before it is reported failed (each already paused everyone).
+DEFAULT_MAX_RATE_LIMITED: Final = 20
+# ours: pipeline defaults.
+DEFAULT_CONCURRENCY: Final = 8
+DEFAULT_LINGER_S: Final = 0.5
+DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 30.0
+# ours: how many recent request latencies client.stats keeps for its percentiles.
+LATENCY_SAMPLES: Final = 2_048

@@ -1,11 +1,13 @@
-"""What a call returns."""
+"""What calls return: one request's result, a bulk run's report, the client's live stats."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["IngestResult"]
+from ._exceptions import APIStatusError, PangoCDPError, RequestValidationError
+
+__all__ = ["ClientStats", "IngestReport", "IngestResult", "RecordFailure", "UnsentRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,3 +26,88 @@ class IngestResult:
     latency_s: float
     entries: int
     rate_limit_remaining: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFailure:
+    """A record that was not accepted: its position in the input, the record, and why."""
+
+    position: int
+    record: Any
+    error: PangoCDPError
+
+    def to_json(self) -> dict[str, Any]:
+        """The dead-letter line: the record and the error, with the server's words if any."""
+        err: dict[str, Any] = {"type": type(self.error).__name__, "message": str(self.error)}
+        if isinstance(self.error, APIStatusError):
+            err.update(status=self.error.status, error_code=self.error.error_code,
+                       server_message=self.error.message, request_id=self.error.request_id)
+        elif isinstance(self.error, RequestValidationError):
+            err.update(field=self.error.field)
+        return {"position": self.position, "error": err, "record": self.record}
+
+
+@dataclass(frozen=True, slots=True)
+class UnsentRecord:
+    """A record that was read but not sent because the run stopped."""
+
+    position: int
+    record: Any
+
+
+@dataclass
+class IngestReport:
+    """A result for every record of an ``ingest_many`` or ``stream`` run.
+
+    Every record read ends in exactly one of: accepted (counted), ``failures`` (with the error)
+    or ``unsent`` (the run was cancelled or its source failed). Records from position
+    ``records_read`` on were never read. ``possible_duplicates`` counts accepted records whose
+    earlier attempt may have reached the server (a connection broke after sending), so the
+    server may hold them twice.
+    """
+
+    records_accepted: int = 0
+    records_failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    elapsed_s: float = 0.0
+    records_read: int = 0
+    possible_duplicates: int = 0
+    cancelled: bool = False
+    failures: list[RecordFailure] = field(default_factory=list)
+    unsent: list[UnsentRecord] = field(default_factory=list)
+
+    @property
+    def records_unsent(self) -> int:
+        return len(self.unsent)
+
+    @property
+    def complete(self) -> bool:
+        """Every record read was accepted or reported failed, and the run was not cut short."""
+        return not self.unsent and not self.cancelled
+
+    def summary(self) -> str:
+        rate = self.records_accepted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        text = (
+            f"{self.records_accepted:,} accepted, {self.records_failed:,} failed, "
+            f"{self.records_unsent:,} unsent of {self.records_read:,} read; "
+            f"{self.requests:,} requests, {self.retries:,} retries, {self.rate_limited} x 429; "
+            f"{self.elapsed_s:.1f} s ({rate:,.0f} records/s)"
+        )
+        return text + (" [cancelled]" if self.cancelled else "")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """A snapshot of ``client.stats``."""
+
+    requests: dict[str, int]  # by status class: "2xx", "4xx", "5xx", "error" (no answer)
+    rate_limited: int
+    retries: int
+    in_flight: int
+    queue_depth: int
+    records_accepted: int
+    records_per_s: float
+    latency_p50_s: float | None
+    latency_p99_s: float | None
