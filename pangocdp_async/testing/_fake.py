@@ -64,10 +64,18 @@ class FakeRequest:
     entries: int
     outcome: str  # "accepted", "rate-limited", "unauthorized", "invalid", "fault", "dropped"
     init_data: bool | None = None
+    size: int | None = None  # body bytes, for requests whose body was read
 
 
 class FakePangoCDP:
     """``async with FakePangoCDP() as fake:`` serves ``fake.auth_url`` and ``fake.ingest_url``.
+
+    Faults by probability, drawn per request from a seeded generator: ``drop_rate`` (the
+    connection is cut before the request is read), ``drop_after_rate`` (the entries are stored,
+    then the connection is cut: the client cannot know, and a retry duplicates them),
+    ``error_rate`` (``error_status``, 503 by default). ``reject_entry`` refuses a request
+    with 400 when it returns a message for one of its entries; the message names the entry
+    (``entries[i]: ...``) unless ``name_rejected_index=False``.
 
     >>> async with FakePangoCDP(rate_limits=[RateLimit(20, 1.0)]) as fake:   # doctest: +SKIP
     ...     async with PangoCDPClient(**fake.credentials(), auth_url=fake.auth_url,
@@ -93,8 +101,10 @@ class FakePangoCDP:
         error_rate: float = 0.0,
         error_status: int = 503,
         drop_rate: float = 0.0,
+        drop_after_rate: float = 0.0,
         script: Iterable[ScriptStep] = (),
         reject_entry: EntryRejecter | None = None,
+        name_rejected_index: bool = True,
         keep_entries: bool = True,
         clock: Callable[[], float] | None = None,
         seed: int | None = 0,
@@ -112,6 +122,8 @@ class FakePangoCDP:
         self.error_rate = error_rate
         self.error_status = error_status
         self.drop_rate = drop_rate
+        self.drop_after_rate = drop_after_rate
+        self.name_rejected_index = name_rejected_index
         self.script: deque[ScriptStep] = deque(script)
         self.reject_entry = reject_entry
         self.keep_entries = keep_entries
@@ -243,9 +255,12 @@ class FakePangoCDP:
             headers[HEADER_RATE_LIMIT_REMAINING] = str(verdict.remaining)
         step = self.script.popleft() if self.script else "ok"
         if step == "ok":
-            if self.drop_rate and self._rng.random() < self.drop_rate:
+            roll = self._rng.random()
+            if roll < self.drop_rate:
                 step = "drop"
-            elif self.error_rate and self._rng.random() < self.error_rate:
+            elif roll < self.drop_rate + self.drop_after_rate:
+                step = "drop-after"
+            elif roll < self.drop_rate + self.drop_after_rate + self.error_rate:
                 step = str(self.error_status)
         if step == "drop":
             self._log(arrived, 0, 0, "dropped")
@@ -285,22 +300,25 @@ class FakePangoCDP:
                 reason = self.reject_entry(entry)
                 if reason is not None:
                     self._log(arrived, 400, len(body.entries), "invalid")
-                    return _error(400, "INVALID_ENTRY", f"entries[{i}]: {reason}")
+                    where = f"entries[{i}]: " if self.name_rejected_index else ""
+                    return _error(400, "INVALID_ENTRY", where + reason)
         if self.keep_entries:
             self.accepted.extend(body.entries)
         self.accepted_count += len(body.entries)
         if step == "drop-after":
             self._log(arrived, 0, len(body.entries), "dropped")
             return _drop(request)
-        self._log(arrived, 200, len(body.entries), "accepted", init_flag == "true")
+        self._log(arrived, 200, len(body.entries), "accepted", init_flag == "true",
+                  request.content_length)
         return web.json_response(
             {"success": True, "requestId": uuid.uuid4().hex}, headers=headers, dumps=_dumps
         )
 
     def _log(
-        self, at: float, status: int, entries: int, outcome: str, init: bool | None = None
+        self, at: float, status: int, entries: int, outcome: str, init: bool | None = None,
+        size: int | None = None,
     ) -> None:
-        self.requests.append(FakeRequest(at, status, entries, outcome, init))
+        self.requests.append(FakeRequest(at, status, entries, outcome, init, size))
 
 
 def _dumps(obj: Any) -> str:

@@ -1,0 +1,280 @@
+"""ingest_many and stream against FakePangoCDP over loopback: a result for every record."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pangocdp_async import (
+    BadRequestError,
+    IngestReport,
+    PangoCDPClient,
+    PipelineError,
+    QuotaScheduler,
+    RecordFailure,
+    RecordSourceError,
+    RequestValidationError,
+    RetryPolicy,
+)
+from pangocdp_async.testing import FakePangoCDP
+from tests.conftest import ManualClock
+
+FAST_RETRY = RetryPolicy(backoff_initial_s=0.001, backoff_max_s=0.004)
+
+
+def _client(fake: FakePangoCDP, clock: ManualClock) -> PangoCDPClient:
+    """A client whose scheduler pauses on the manual clock (a 429 costs no real time)."""
+    return PangoCDPClient(**fake.client_kwargs(),
+                          limiter=QuotaScheduler((), clock=clock, sleep=clock.sleep))
+
+
+def _records(n: int) -> Iterator[dict[str, int]]:
+    return ({"id": i, "v": i * 3} for i in range(n))
+
+
+async def test_10k_records_with_faults_none_lost(clock: ManualClock) -> None:
+    """10,000 records, 5% 5xx, 2% dropped connections (half after the server stored the
+    entries), scripted 429s: every record is accepted or reported; the fake lost none, and
+    every duplicate it holds is one the report warned of."""
+    script = ["ok"] * 20 + ["429:0"] + ["ok"] * 30 + ["429:1", "429:0"]
+    async with FakePangoCDP(rate_limits=None, error_rate=0.05, drop_rate=0.01,
+                            drop_after_rate=0.01, script=script, seed=11) as fake:
+        async with _client(fake, clock) as client:
+            report = await client.ingest_many("order", _records(10_000), source="POS",
+                                              retry=FAST_RETRY, concurrency=8)
+            stats = client.stats
+    counts = collections.Counter(e["id"] for e in fake.accepted)
+    failed = {f.position for f in report.failures}
+    assert report.records_read == 10_000
+    assert report.records_accepted + report.records_failed == 10_000
+    assert not report.unsent
+    assert set(counts) | failed == set(range(10_000))  # nothing lost
+    assert report.records_failed == 0  # six attempts outlast a 7% fault rate
+    duplicates = sum(c - 1 for c in counts.values())
+    assert duplicates > 0  # the drop-after faults did produce some
+    assert duplicates <= report.possible_duplicates
+    assert report.rate_limited == 3
+    assert report.retries >= report.rate_limited
+    outcomes = collections.Counter(r.outcome for r in fake.requests)
+    assert outcomes["fault"] > 0
+    assert outcomes["dropped"] > 0
+    assert report.requests == len(fake.requests)
+    assert stats.rate_limited == 3
+    assert stats.requests["2xx"] == outcomes["accepted"]
+    assert stats.in_flight == 0
+
+
+async def test_poison_entry_isolated(clock: ManualClock) -> None:
+    """A poison entry in a batch of 50: 49 accepted, 1 reported with the server's message,
+    at most 7 extra requests."""
+    async with FakePangoCDP(rate_limits=None,
+                            reject_entry=lambda e: "Missing momCode" if e["id"] == 17 else None
+                            ) as fake:
+        async with _client(fake, clock) as client:
+            report = await client.ingest_many("custom-model", _records(50), source="CRM")
+    assert report.records_accepted == 49
+    assert sorted(e["id"] for e in fake.accepted) == [i for i in range(50) if i != 17]
+    [failure] = report.failures
+    assert failure.position == 17
+    assert failure.record == {"id": 17, "v": 51}
+    assert isinstance(failure.error, BadRequestError)
+    assert failure.error.message is not None
+    assert "Missing momCode" in failure.error.message
+    assert report.requests - 1 <= 7
+
+
+async def test_poison_entry_bisected_when_unnamed(clock: ManualClock) -> None:
+    """Without an index in the server's message, bisection still isolates it (about
+    2 log2(50) requests)."""
+    async with FakePangoCDP(rate_limits=None, name_rejected_index=False,
+                            reject_entry=lambda e: "Missing momCode" if e["id"] == 33 else None
+                            ) as fake:
+        async with _client(fake, clock) as client:
+            report = await client.ingest_many("custom-model", _records(50), source="CRM")
+    assert report.records_accepted == 49
+    assert [f.position for f in report.failures] == [33]
+    assert report.failures[0].error.message == "Missing momCode"  # type: ignore[attr-defined]
+    assert report.requests - 1 <= 12
+
+
+async def test_cancellation_reports_unsent(clock: ManualClock) -> None:
+    """Cancelled mid-run: requests under way finish; the unsent records plus the accepted
+    ones plus the unread rest equal the input."""
+    async with FakePangoCDP(rate_limits=None, latency_s=0.005) as fake:
+        async with _client(fake, clock) as client:
+            enough = asyncio.Event()
+
+            def progress(report: IngestReport) -> None:
+                if report.records_accepted >= 1_000:
+                    enough.set()
+
+            run = asyncio.ensure_future(client.ingest_many(
+                "order", _records(20_000), source="POS", concurrency=4, on_progress=progress))
+            await enough.wait()
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            report = client.last_report
+    assert report is not None
+    assert report.cancelled
+    accepted = {e["id"] for e in fake.accepted}
+    unsent = {u.position for u in report.unsent}
+    assert report.unsent, "a cancelled run with a full queue leaves records unsent"
+    assert len(accepted) == report.records_accepted
+    assert not accepted & unsent
+    assert accepted | unsent == set(range(report.records_read))
+    assert report.records_read < 20_000  # the rest was never read
+    assert all(u.record == {"id": u.position, "v": u.position * 3} for u in report.unsent)
+
+
+async def test_record_source_error(clock: ManualClock, fake: FakePangoCDP) -> None:
+    """A source that raises stops the run with RecordSourceError carrying the report."""
+    def broken() -> Iterator[dict[str, int]]:
+        yield from _records(120)
+        raise OSError("disk gone")
+
+    async with _client(fake, clock) as client:
+        with pytest.raises(RecordSourceError, match="OSError after 120 records") as info:
+            await client.ingest_many("order", broken(), source="POS")
+    report = info.value.report
+    assert isinstance(info.value.__cause__, OSError)
+    accepted = {e["id"] for e in fake.accepted}
+    assert accepted | {u.position for u in report.unsent} == set(range(120))
+    assert len(accepted) == report.records_accepted
+
+
+async def test_crashed_worker_fails_loudly(clock: ManualClock) -> None:
+    """A dead-letter callable that raises crashes its sender: the call fails, nothing hangs."""
+    def explode(failure: RecordFailure) -> None:
+        raise RuntimeError("dead letter unavailable")
+
+    async with FakePangoCDP(rate_limits=None, reject_entry=lambda e: "no" if e["id"] == 3
+                            else None) as fake:
+        async with _client(fake, clock) as client:
+            with pytest.raises(PipelineError, match="sender crashed") as info:
+                await asyncio.wait_for(client.ingest_many(
+                    "order", _records(2_000), source="POS", batch_size=1, dead_letter=explode),
+                    timeout=60)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert info.value.report.records_read <= 2_000
+
+
+async def test_bad_records_are_reported_and_the_rest_sent(
+    clock: ManualClock, fake: FakePangoCDP, tmp_path: Path
+) -> None:
+    """Records the client cannot encode are reported by position and field, written to the
+    dead-letter file, and the others are sent."""
+    records: list[Any] = [{"id": i} for i in range(10)]
+    records[2] = {"id": 2, "price": float("nan")}
+    records[6] = "not a record"
+    dead = tmp_path / "dead.jsonl"
+    async with _client(fake, clock) as client:
+        report = await client.ingest_many("order", records, source="POS", dead_letter=dead)
+    assert report.records_accepted == 8
+    assert [(f.position, type(f.error)) for f in report.failures] == [
+        (2, RequestValidationError), (6, RequestValidationError)]
+    lines = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+    assert [line["position"] for line in lines] == [2, 6]
+    assert lines[0]["error"]["field"] == "price"
+    assert "entries[2].price: NaN" in lines[0]["error"]["message"]
+    assert lines[1]["record"] == "not a record"
+
+
+async def test_async_source_and_byte_limit(clock: ManualClock, fake: FakePangoCDP) -> None:
+    """An async generator works as a source; max_batch_bytes caps every request body."""
+    async def rows() -> AsyncIterator[dict[str, Any]]:
+        for i in range(300):
+            yield {"id": i, "pad": "x" * (i % 200)}
+
+    async with _client(fake, clock) as client:
+        report = await client.ingest_many("order", rows(), source="POS", max_batch_bytes=4_000)
+    bodies = [r.size or 0 for r in fake.requests]
+    assert report.records_accepted == 300
+    assert max(bodies) <= 4_000
+    assert len(bodies) > 300 // 50  # the byte limit forced more, smaller requests
+    assert sorted(e["id"] for e in fake.accepted) == list(range(300))
+
+
+async def test_memory_stays_bounded_by_the_queue(clock: ManualClock, fake: FakePangoCDP) -> None:
+    """A lazy source is read only as fast as batches leave: the queue never exceeds its bound."""
+    read = itertools.count()
+
+    def rows() -> Iterator[dict[str, int]]:
+        for i in range(5_000):
+            next(read)
+            yield {"id": i}
+
+    async with _client(fake, clock) as client:
+        seen_ahead: list[int] = []
+
+        def progress(report: IngestReport) -> None:
+            seen_ahead.append(report.records_read - report.records_accepted)
+
+        await client.ingest_many("order", rows(), source="POS", concurrency=2,
+                                 on_progress=progress)
+    # at most: 2 senders' batches + 4 queued + the reader's partial batch
+    assert max(seen_ahead) <= (2 + 4 + 1) * 50
+
+
+async def test_stream_backpressure_and_flush_on_exit(clock: ManualClock) -> None:
+    """1,000 sends from 50 tasks to a slow fake: sends wait (the bound holds), everything is
+    accepted, and leaving the block flushes the last partial batch."""
+    async with FakePangoCDP(rate_limits=None, latency_s=0.02) as fake:
+        async with _client(fake, clock) as client:
+            pending: list[int] = []
+            async with client.stream("order", source="POS", concurrency=2,
+                                     max_pending=100, linger=0.05) as stream:
+                counter = itertools.count()
+
+                async def producer() -> None:
+                    for _ in range(20):
+                        await stream.send({"id": next(counter)})
+                        pending.append(stream.pending)
+
+                await asyncio.gather(*(producer() for _ in range(50)))
+            report = stream.report
+    assert report.records_accepted == 1_000
+    assert sorted(e["id"] for e in fake.accepted) == list(range(1_000))
+    assert max(pending) <= 100
+    assert max(pending) >= 90  # the bound was reached: producers were held back
+    assert stream.max_batches_queued <= 4
+
+
+async def test_stream_linger_and_flush(clock: ManualClock, fake: FakePangoCDP) -> None:
+    """A partial batch leaves after linger; flush() waits until the records are delivered;
+    a bad record raises at send()."""
+    async with _client(fake, clock) as client:
+        async with client.stream("order", source="POS", linger=0.01) as stream:
+            await stream.send({"id": 1})
+            await stream.flush()
+            assert stream.report.records_accepted == 1
+            assert fake.accepted == [{"id": 1}]
+            with pytest.raises(RequestValidationError, match="NaN"):
+                await stream.send({"id": 2, "x": float("inf")})
+            await stream.send({"id": 3})
+            await stream.flush()
+            assert stream.report.records_accepted == 2
+    assert [r.entries for r in fake.requests] == [1, 1]
+
+
+async def test_pipeline_argument_errors(clock: ManualClock, fake: FakePangoCDP) -> None:
+    """Bad pipeline settings are refused before anything is read or sent."""
+    async with _client(fake, clock) as client:
+        with pytest.raises(ValueError, match="batch_size"):
+            await client.ingest_many("order", _records(1), source="POS", batch_size=51)
+        with pytest.raises(ValueError, match="concurrency"):
+            await client.ingest_many("order", _records(1), source="POS", concurrency=0)
+        with pytest.raises(ValueError, match="max_batch_bytes"):
+            await client.ingest_many("order", _records(1), source="POS", max_batch_bytes=10)
+        with pytest.raises(RequestValidationError, match="source"):
+            await client.ingest_many("order", _records(1), source="")
+        with pytest.raises(TypeError, match="iterable"):
+            await client.ingest_many("order", 5, source="POS")  # type: ignore[arg-type]
+    assert fake.requests == []
