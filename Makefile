@@ -30,7 +30,9 @@ test: lint
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/limiter.py
+	$(BIN)/python -m benchmarks.limiter
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.memory
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

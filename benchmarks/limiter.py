@@ -1,6 +1,6 @@
 """Quota scheduler benchmark: rejections, utilization and reservation cost, on virtual time.
 
-    python benchmarks/limiter.py [--hours 2] [--senders 64]
+    python -m benchmarks.limiter [--hours 26] [--senders 64]
 
 Every row runs 64 concurrent senders against a Bucket4j model of the server with the five
 documented windows, on an event loop whose clock only moves when every task waits (so hours take
@@ -111,7 +111,7 @@ def reservation_cost_us(make: Callable[[], tuple[Acquire, Callable[[ConsumeResul
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hours", type=float, default=2.0)
+    parser.add_argument("--hours", type=float, default=26.0)
     parser.add_argument("--senders", type=int, default=64)
     args = parser.parse_args()
     # A 429 is logged as a warning; here the table counts them.

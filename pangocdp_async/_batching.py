@@ -112,21 +112,24 @@ def prepare_entries(entries: Iterable[object]) -> list[dict[str, Any]]:
 
 
 class EntryEncoder:
-    """Encodes each entry once, and assembles request bodies from the encoded pieces.
+    """Encodes entries once, and assembles request bodies from what it encoded.
 
-    A body is ``prefix + b",".join(entries) + b"]}"``, so batches can be cut by count and by
-    bytes, and split again after a 400, without encoding anything twice.
+    Plain dicts are encoded a whole body at a time (one orjson call). Otherwise, or when batches
+    are cut by bytes, each entry is encoded alone and the body is ``prefix + b",".join(parts) +
+    b"]}"``, so batches can be cut and split again without encoding anything twice.
     """
 
-    __slots__ = ("overhead", "prefix")
+    __slots__ = ("envelope", "overhead", "prefix")
 
     def __init__(self, envelope: Mapping[str, Any]) -> None:
-        head = orjson.dumps(dict(envelope))
+        self.envelope = dict(envelope)
+        head = orjson.dumps(self.envelope)
         self.prefix = head[:-1] + (b',"entries":[' if len(head) > 2 else b'"entries":[')
         self.overhead = len(self.prefix) + 2
 
-    def encode(self, record: object, position: int) -> bytes:
-        """One record as JSON bytes, or :class:`RequestValidationError` naming ``position``."""
+    def encode_entry(self, record: object, position: int) -> tuple[dict[str, Any], bytes]:
+        """One record as the dict sent and its JSON bytes, or :class:`RequestValidationError`
+        naming ``position`` and the field."""
         entry = prepare_entry(record, position)
         try:
             data = orjson.dumps(entry)
@@ -136,42 +139,89 @@ class EntryEncoder:
         # them would cost more than encoding; bytes without "null" cannot hide one.
         if b"null" in data:
             _reject_non_finite(entry, position)
-        return data
+        return entry, data
+
+    def encode(self, record: object, position: int) -> bytes:
+        return self.encode_entry(record, position)[1]
+
+    def encode_batch(
+        self, records: list[Any], first: int
+    ) -> tuple[Batch, list[tuple[int, Any, RequestValidationError]]]:
+        """Records at positions ``first...`` as one batch, and the ones refused (with why)."""
+        if records and type(records[0]) is dict and len(set(map(type, records))) == 1:
+            # The fast path: the whole body in one orjson call, as a bare client would do.
+            body = {**self.envelope, "entries": records}
+            try:
+                data: bytes | None = orjson.dumps(body)
+            except (orjson.JSONEncodeError, TypeError):
+                data = None
+            if data is not None and (
+                b"null" not in data
+                or all(_find_non_finite(r, "") is None for r in records)
+            ):
+                positions = list(range(first, first + len(records)))
+                return Batch(positions, records, body=data), []
+        # Slow path, which also finds the culprits: one entry at a time.
+        batch = Batch()
+        refused: list[tuple[int, Any, RequestValidationError]] = []
+        for i, record in enumerate(records):
+            try:
+                entry, part = self.encode_entry(record, first + i)
+            except RequestValidationError as exc:
+                refused.append((first + i, record, exc))
+            else:
+                batch.add(first + i, entry, part)
+        return batch, refused
 
     def body(self, parts: list[bytes]) -> bytes:
         return self.prefix + b",".join(parts) + b"]}"
 
+    def batch_body(self, batch: Batch) -> bytes:
+        if batch.body is not None:
+            return batch.body
+        return self.body(batch.pieces())
+
 
 @dataclass(slots=True)
 class Batch:
-    """Encoded entries bound for one request, with their positions in the caller's input."""
+    """Entries bound for one request, with their positions in the caller's input.
+
+    Either ``body`` holds the whole request body (encoded in one go) or ``parts`` holds each
+    entry's JSON, with ``size`` the bytes they take joined by commas.
+    """
 
     positions: list[int] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
     parts: list[bytes] = field(default_factory=list)
-    size: int = 0  # bytes of the parts plus their separators
+    body: bytes | None = None
+    size: int = 0
 
-    def add(self, position: int, part: bytes) -> None:
-        self.size += len(part) + (1 if self.parts else 0)
+    def add(self, position: int, entry: dict[str, Any], part: bytes) -> None:
+        self.size += len(part) + (1 if self.entries else 0)
         self.positions.append(position)
+        self.entries.append(entry)
         self.parts.append(part)
 
     def __len__(self) -> int:
-        return len(self.parts)
+        return len(self.entries)
+
+    def pieces(self) -> list[bytes]:
+        if len(self.parts) != len(self.entries):  # encoded in one go: cut it into entries
+            self.parts = [orjson.dumps(e) for e in self.entries]
+        return self.parts
+
+    def select(self, indexes: range | list[int]) -> Batch:
+        pieces = self.pieces()
+        out = Batch()
+        for i in indexes:
+            out.add(self.positions[i], self.entries[i], pieces[i])
+        return out
 
     def split(self, at: int) -> tuple[Batch, Batch]:
-        left, right = Batch(), Batch()
-        for pos, part in zip(self.positions[:at], self.parts[:at], strict=True):
-            left.add(pos, part)
-        for pos, part in zip(self.positions[at:], self.parts[at:], strict=True):
-            right.add(pos, part)
-        return left, right
+        return self.select(range(at)), self.select(range(at, len(self)))
 
     def without(self, index: int) -> Batch:
-        rest = Batch()
-        for i, (pos, part) in enumerate(zip(self.positions, self.parts, strict=True)):
-            if i != index:
-                rest.add(pos, part)
-        return rest
+        return self.select([i for i in range(len(self)) if i != index])
 
 
 def encode_body(envelope: Mapping[str, Any], entries: list[dict[str, Any]], *,

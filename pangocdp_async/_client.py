@@ -127,6 +127,7 @@ class PangoCDPClient:
         self._clock = clock
         self._tokens: TokenSource | None = None
         self._stats = StatsRecorder(clock)
+        self._headers: dict[str, str] = {}
         #: The report of the latest ``ingest_many`` run, also when it was cancelled.
         self.last_report: IngestReport | None = None
 
@@ -328,11 +329,13 @@ class PangoCDPClient:
         refreshed = False
         while True:
             token = await tokens.get()
-            headers = {
-                "Content-Type": "application/json",
-                HEADER_TOKEN: token,
-                HEADER_API_KEY: api_key,
-            }
+            headers = self._headers
+            if headers.get(HEADER_TOKEN) != token:  # built once per token, not per request
+                headers = self._headers = {
+                    "Content-Type": "application/json",
+                    HEADER_TOKEN: token,
+                    HEADER_API_KEY: api_key,
+                }
             reservation = await self.limiter.reserve()
             attempts += 1
             stats.started()

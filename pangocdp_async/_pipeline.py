@@ -10,6 +10,7 @@ applies the retry policy. Every record read ends accepted, failed (with its erro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import re
@@ -58,6 +59,13 @@ class RecordSourceError(PipelineError):
     """The record source raised; reading stopped. The original error is ``__cause__``."""
 
 
+class _SourceFailed(Exception):
+    """Raised by a sender whose read of a plain iterable failed; the cause is the error."""
+
+
+_EMPTY = Batch()
+
+
 class _End:
     pass
 
@@ -73,9 +81,10 @@ _TIMEOUT = _Timeout()
 class _Encoded:
     """A record the stream already validated and encoded in ``send``."""
 
-    __slots__ = ("part",)
+    __slots__ = ("entry", "part")
 
-    def __init__(self, part: bytes) -> None:
+    def __init__(self, entry: dict[str, Any], part: bytes) -> None:
+        self.entry = entry
         self.part = part
 
 
@@ -94,14 +103,14 @@ class _Source:
 
     def __init__(self, records: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]) -> None:
         self._queue: asyncio.Queue[Any] | None = None
-        self._sync: Iterator[Any] | None = None
+        self.sync: Iterator[Any] | None = None
         self._async: AsyncIterator[Any] | None = None
         if isinstance(records, asyncio.Queue):
             self._queue = records
         elif isinstance(records, AsyncIterable):
             self._async = aiter(records)
         elif isinstance(records, Iterable) and not isinstance(records, (str, bytes, dict)):
-            self._sync = iter(records)
+            self.sync = iter(records)
         else:
             raise TypeError(
                 f"records must be an iterable or async iterable of mappings, "
@@ -109,8 +118,8 @@ class _Source:
             )
 
     async def next(self, timeout: float | None) -> Item:
-        if self._sync is not None:
-            return next(self._sync, _END)
+        if self.sync is not None:
+            return next(self.sync, _END)
         if self._async is not None:
             try:
                 return await anext(self._async)
@@ -190,12 +199,22 @@ class Pipeline:
         stats = self._client._stats
         depth = self._queue.qsize
         stats.queue_depth.add(depth)
-        reader = asyncio.ensure_future(self._read(source))
-        senders = [asyncio.create_task(self._send_loop()) for _ in range(self._concurrency)]
+        reader: asyncio.Future[None] | None
+        if source.sync is not None and self._max_bytes is None and self._linger is None:
+            # A plain iterable cut by count only: each sender reads and encodes its own next
+            # batch (synchronously, so senders never interleave), with no queue in between.
+            reader = None
+            loops = [self._read_and_send(source.sync) for _ in range(self._concurrency)]
+        else:
+            reader = asyncio.ensure_future(self._read(source))
+            loops = [self._send_loop() for _ in range(self._concurrency)]
+        senders = [asyncio.create_task(loop_) for loop_ in loops]
         for task in senders:
             self._current[task] = Batch()
         try:
-            pending: set[asyncio.Future[None]] = {reader, *senders}
+            pending: set[asyncio.Future[None]] = set(senders)
+            if reader is not None:
+                pending.add(reader)
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
                 for finished in done:
@@ -204,13 +223,14 @@ class Pipeline:
                         continue
                     await self._shutdown(reader, senders)
                     self._finish(loop.time() - started)
-                    if finished is reader:
+                    if finished is reader or isinstance(exc, _SourceFailed):
+                        cause = exc.__cause__ if isinstance(exc, _SourceFailed) else exc
                         raise RecordSourceError(
-                            f"the record source raised {type(exc).__name__} after "
+                            f"the record source raised {type(cause).__name__} after "
                             f"{self.report.records_read:,} records; "
                             f"{self.report.records_unsent:,} read but not sent",
                             self.report,
-                        ) from exc
+                        ) from cause
                     raise PipelineError(
                         f"a sender crashed ({type(exc).__name__}: {exc}); "
                         f"{self.report.records_unsent:,} records not sent",
@@ -233,12 +253,13 @@ class Pipeline:
     def _finish(self, elapsed: float) -> None:
         self.report.elapsed_s = elapsed
 
-    async def _shutdown(self, reader: asyncio.Future[None], senders: list[asyncio.Task[None]]
-                        ) -> None:
+    async def _shutdown(self, reader: asyncio.Future[None] | None,
+                        senders: list[asyncio.Task[None]]) -> None:
         """Stop reading; let batches being sent finish within the timeout; the rest is unsent."""
         self._stopping = True
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
         self._mark_unsent(self._partial)
         self._partial = Batch()
         while not self._queue.empty():
@@ -257,11 +278,54 @@ class Pipeline:
                 self._mark_unsent(self._current.get(task, Batch()))
 
     def _mark_unsent(self, batch: Batch) -> None:
-        for pos, part in zip(batch.positions, batch.parts, strict=True):
-            self.report.unsent.append(UnsentRecord(pos, orjson.loads(part)))
+        for pos, entry in zip(batch.positions, batch.entries, strict=True):
+            self.report.unsent.append(UnsentRecord(pos, entry))
 
     # --- reading -------------------------------------------------------------------------------
     async def _read(self, source: _Source) -> None:
+        await self._read_each(source)
+        for _ in range(self._concurrency):
+            await self._queue.put(None)
+
+    def _take_batch(self, records: Iterator[Any]) -> Batch | None:
+        """Read and encode the next batch of a plain iterable (None at its end)."""
+        encoder = self.encoder
+        report = self.report
+        first = report.records_read
+        chunk: list[Any] = []
+        try:
+            # list.extend keeps what it took before the iterator raised: nothing read is lost.
+            chunk.extend(itertools.islice(records, self._batch_size))
+        except Exception as exc:
+            self._partial, refused = encoder.encode_batch(chunk, first)
+            report.records_read = first + len(chunk)
+            for pos, record, error in refused:
+                self._fail([pos], [record], error)
+            raise _SourceFailed() from exc
+        if not chunk:
+            return None
+        batch, refused = encoder.encode_batch(chunk, first)
+        report.records_read = first + len(chunk)
+        for pos, record, error in refused:
+            self._fail([pos], [record], error)
+        return batch
+
+    async def _read_and_send(self, records: Iterator[Any]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._stopping:
+            batch = self._take_batch(records)
+            if batch is None:
+                return
+            if batch:
+                self._current[task] = batch
+                await self._deliver(batch)
+                self._current[task] = _EMPTY
+                self._delivered += 1
+                if self._on_progress is not None:
+                    self._on_progress(self.report)
+
+    async def _read_each(self, source: _Source) -> None:
         loop = asyncio.get_running_loop()
         encoder = self.encoder
         report = self.report
@@ -285,10 +349,10 @@ class Pipeline:
             position += 1
             report.records_read = position
             if isinstance(item, _Encoded):
-                part = item.part
+                entry, part = item.entry, item.part
             else:
                 try:
-                    part = encoder.encode(item, pos)
+                    entry, part = encoder.encode_entry(item, pos)
                 except RequestValidationError as exc:
                     self._fail([pos], [item], exc)
                     continue
@@ -298,23 +362,21 @@ class Pipeline:
                         f"entries[{pos}]: the entry alone is {len(part):,} bytes encoded, more "
                         f"than max_batch_bytes={self._max_bytes:,} allows", index=pos))
                     continue
-                if (self._partial.parts
+                if (self._partial.entries
                         and encoder.overhead + self._partial.size + 1 + len(part)
                         > self._max_bytes):
                     await self._emit()
                     deadline = None
-            self._partial.add(pos, part)
+            self._partial.add(pos, entry, part)
             if self._linger is not None and len(self._partial) == 1:
                 deadline = loop.time() + self._linger
             if len(self._partial) >= self._batch_size:
                 await self._emit()
                 deadline = None
         await self._emit()
-        for _ in range(self._concurrency):
-            await self._queue.put(None)
 
     async def _emit(self) -> None:
-        if not self._partial.parts:
+        if not self._partial.entries:
             return
         batch, self._partial = self._partial, Batch()
         await self._queue.put(batch)
@@ -343,11 +405,15 @@ class Pipeline:
             self._current[task] = batch
             await self._deliver(batch)
             self._current[task] = Batch()
-            self._delivered += 1
+            await self._delivered_one()
+
+    async def _delivered_one(self) -> None:
+        self._delivered += 1
+        if self._linger is not None:  # a stream: someone may be waiting in flush()
             async with self._progress:
                 self._progress.notify_all()
-            if self._on_progress is not None:
-                self._on_progress(self.report)
+        if self._on_progress is not None:
+            self._on_progress(self.report)
 
     async def _deliver(self, batch: Batch) -> None:
         """Send one batch until it is accepted or each of its records is reported failed."""
@@ -359,7 +425,7 @@ class Pipeline:
         attempts = 0
         rate_limited = 0
         maybe_sent = False
-        body = self.encoder.body(batch.parts)
+        body = self.encoder.batch_body(batch)
         while True:
             attempts += 1
             try:
@@ -379,7 +445,7 @@ class Pipeline:
                     await self._isolate(batch, exc)
                     return
                 if decision is Decision.FAIL:
-                    self._fail(batch.positions, [orjson.loads(p) for p in batch.parts], exc)
+                    self._fail(batch.positions, batch.entries, exc)
                     return
                 report.retries += 1
                 client._stats.retries += 1
@@ -403,9 +469,7 @@ class Pipeline:
         match = _ENTRY_INDEX.search(error.message or "")
         if match is not None and int(match.group(1)) < len(batch):
             index = int(match.group(1))
-            suspect = Batch()
-            suspect.add(batch.positions[index], batch.parts[index])
-            await self._deliver(suspect)
+            await self._deliver(batch.select([index]))
             await self._deliver(batch.without(index))
             return
         left, right = batch.split(len(batch) // 2 + len(batch) % 2)
@@ -479,9 +543,9 @@ class IngestStream:
 
     async def send(self, record: Any) -> None:
         task = self._running()
-        part = self._encoder.encode(record, self._sent)
+        entry, part = self._encoder.encode_entry(record, self._sent)
         self._sent += 1
-        put = asyncio.ensure_future(self._records.put(_Encoded(part)))
+        put = asyncio.ensure_future(self._records.put(_Encoded(entry, part)))
         # Wait for room, unless the run dies meanwhile (then its error is raised here).
         await asyncio.wait([put, task], return_when=asyncio.FIRST_COMPLETED)
         if not put.done():

@@ -64,12 +64,12 @@ def error_for(response: RawResponse, body: Any, *, auth: bool = False) -> APISta
     400 means wrong or missing credentials.
     """
     status = response.status
-    details = _error_details(body)
     if 200 <= status < 300:
         if isinstance(body, dict) and body.get("success") is False:
             cls: type[APIStatusError] = AuthenticationError if auth else UnsuccessfulResponseError
-            return cls(status=status, body=body, **details)
+            return cls(status=status, body=body, **_error_details(body))
         return None
+    details = _error_details(body)
     if status == 429:
         retry_after = parse_retry_after(response.headers.get(HEADER_RETRY_AFTER))
         return RateLimitedError(status=status, body=body, retry_after=retry_after, **details)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import aiohttp
 from yarl import URL
@@ -19,8 +18,7 @@ from ._exceptions import APIConnectionError, APITimeoutError
 __all__ = ["AiohttpTransport", "RawResponse", "Transport", "map_transport_error"]
 
 
-@dataclass(frozen=True, slots=True)
-class RawResponse:
+class RawResponse(NamedTuple):
     """An HTTP answer, fully read."""
 
     status: int

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .._config import DOCUMENTED_LIMITS, Margin, RateLimit, validate_rate_limits
 from ._store import QuotaStore
@@ -37,9 +37,11 @@ DEFAULT_SAVE_EVERY = 50
 STATE_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A send slot: ``slot`` on the scheduler's clock; ``seq`` numbers reservations."""
+class Reservation(NamedTuple):
+    """A send slot: ``slot`` on the scheduler's clock; ``seq`` numbers reservations.
+
+    (A NamedTuple: one is made per request, and tuples are the cheapest immutable record.)
+    """
 
     slot: float
     seq: int
