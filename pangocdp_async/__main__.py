@@ -14,8 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from . import PangoCDPClient, RequestValidationError
-from ._constants import MAX_ENTRIES_PER_REQUEST
+from . import IngestReport, PangoCDPClient
 from .testing import FakePangoCDP
 
 
@@ -39,24 +38,23 @@ async def _demo(records: list[dict[str, object]], name: str) -> int:
     async with FakePangoCDP() as fake:
         print(f"FakePangoCDP listening on {fake.base_url}")
         async with PangoCDPClient(**fake.client_kwargs()) as client:
-            for first in range(0, len(records), MAX_ENTRIES_PER_REQUEST):
-                batch = records[first : first + MAX_ENTRIES_PER_REQUEST]
-                try:
-                    result = await client.ingest("order", batch, source="POS", init_data=True)
-                except RequestValidationError as exc:
-                    # Name the input line, not only the position in the batch.
-                    line = first + (exc.index or 0) + 1
-                    print(f"{name}: record {line}: {exc}", file=sys.stderr)
-                    return 1
-                print(f"  request {first // MAX_ENTRIES_PER_REQUEST + 1}: "
-                      f"{result.entries} entries -> HTTP {result.status} "
-                      f"in {result.latency_s * 1000:.1f} ms (request id {result.request_id})")
+
+            def progress(report: IngestReport) -> None:
+                print(f"  {report.records_accepted:>5} accepted after {report.requests} "
+                      f"request(s), {client.stats.latency_p50_s or 0.0:.4f} s median latency")
+
+            report = await client.ingest_many(
+                "order", records, source="POS", init_data=True, on_progress=progress
+            )
         landed = fake.accepted
+    for failure in report.failures:
+        print(f"{name}: record {failure.position + 1}: {failure.error}", file=sys.stderr)
     ids = {r.get("orderId") for r in landed}
     print(f"sent {len(records)} records from {name}; the fake accepted {len(landed)} "
           f"({len(ids)} distinct orderIds), {fake.auth_calls} auth call(s), "
           f"{fake.rate_limited} rate-limited, in {time.perf_counter() - started:.2f} s")
-    return 0 if len(landed) == len(records) else 1
+    print(f"report: {report.summary()}")
+    return 0 if report.records_accepted == len(records) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from ._exceptions import APIStatusError, PangoCDPError, RequestValidationError
 __all__ = ["ClientStats", "IngestReport", "IngestResult", "RecordFailure", "UnsentRecord"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and frozen ones cost 3x to build
 class IngestResult:
     """The outcome of one accepted ingest request.
 

@@ -11,6 +11,8 @@ from ._results import ClientStats
 
 __all__ = ["StatsRecorder"]
 
+_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
 
 class StatsRecorder:
     __slots__ = (
@@ -44,7 +46,7 @@ class StatsRecorder:
 
     def answered(self, status: int, latency: float, entries: int) -> None:
         self.in_flight -= 1
-        key = f"{status // 100}xx" if 100 <= status < 600 else "error"
+        key = _CLASSES.get(status // 100, "error")
         self.by_class[key] = self.by_class.get(key, 0) + 1
         self._latencies.append(latency)
         if 200 <= status < 300:

@@ -127,7 +127,9 @@ class QuotaScheduler:
         Prefer :meth:`reserve`, which also waits. This is the atomic step: it checks and takes
         every window at once and costs O(number of windows).
         """
-        now = self.now()
+        return self._claim(self.now())
+
+    def _claim(self, now: float) -> Reservation:
         if not self._loaded:
             self._load(now)
         slot = max(now, self._last_slot, self._paused_until)
@@ -152,8 +154,9 @@ class QuotaScheduler:
         The slot is recorded as a send in every window even if the caller is cancelled while
         waiting (nothing is refunded: the count only errs on the safe side).
         """
-        reservation = self.claim()
-        if reservation.slot <= self.now():
+        now = self.now()
+        reservation = self._claim(now)
+        if reservation.slot <= now:
             return reservation
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reservation] = loop.create_future()
