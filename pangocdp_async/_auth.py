@@ -113,9 +113,6 @@ class TokenManager:
         self._expires_at = float("-inf")
         return await self._single_flight()
 
-    def invalidate(self) -> None:
-        self._expires_at = float("-inf")
-
     async def _single_flight(self) -> str:
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._authenticate())

@@ -26,7 +26,6 @@ __all__ = [
     "check_entries",
     "encode_body",
     "make_envelope",
-    "prepare_entries",
     "prepare_entry",
 ]
 
@@ -109,10 +108,6 @@ def check_entries(entries: Iterable[object]) -> list[object]:
         )
     return items
 
-
-def prepare_entries(entries: Iterable[object]) -> list[dict[str, Any]]:
-    """Check the size of one request's entries and turn each into a dict."""
-    return [prepare_entry(entry, i) for i, entry in enumerate(check_entries(entries))]
 
 
 class EntryEncoder:
@@ -228,9 +223,9 @@ class Batch:
         return self.select([i for i in range(len(self)) if i != index])
 
 
-def encode_body(envelope: Mapping[str, Any], entries: list[dict[str, Any]], *,
+def encode_body(envelope: Mapping[str, Any], entries: list[Any], *,
                 first_index: int = 0) -> bytes:
-    """Encode one request body. ``first_index`` numbers entries in error messages."""
+    """Encode one request body, entry by entry. ``first_index`` numbers entries in errors."""
     encoder = EntryEncoder(envelope)
     return encoder.body([encoder.encode(e, first_index + i) for i, e in enumerate(entries)])
 

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from ._auth import StaticToken, TokenManager, TokenSource
-from ._batching import EntryEncoder, check_entries, make_envelope
+from ._batching import EntryEncoder, check_entries, encode_body, make_envelope
 from ._config import DOCUMENTED_LIMITS, RateLimit
 from ._constants import (
     DEFAULT_AUTH_URL,
@@ -220,8 +220,7 @@ class PangoCDPClient:
             ignored_update_cfs=ignored_update_cfs,
         ).wire_fields()
         items = check_entries(entries)
-        encoder = EntryEncoder(envelope)
-        body = encoder.body([encoder.encode(item, i) for i, item in enumerate(items)])
+        body = encode_body(envelope, items)
         return await self.send_encoded(body, entries=len(items), init_data=init_data)
 
     async def ingest_many(

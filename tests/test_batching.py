@@ -13,12 +13,12 @@ import pytest
 from pydantic import BaseModel, Field
 
 from pangocdp_async import RequestValidationError
-from pangocdp_async._batching import encode_body, make_envelope, prepare_entries
+from pangocdp_async._batching import check_entries, encode_body, make_envelope
 
 
 def _encode(entries: list[Any]) -> bytes:
     env = make_envelope("order", "POS").wire_fields()
-    return encode_body(env, prepare_entries(entries))
+    return encode_body(env, check_entries(entries))
 
 
 class Order(BaseModel):
@@ -77,21 +77,21 @@ def test_bad_envelope(kwargs: dict[str, Any], field: str) -> None:
 def test_entry_count_outside_1_to_50(count: int) -> None:
     """A request takes 1 to 50 entries."""
     with pytest.raises(RequestValidationError, match=f"1 to 50 entries, got {count}"):
-        prepare_entries([{"i": i} for i in range(count)])
+        check_entries([{"i": i} for i in range(count)])
 
 
 @pytest.mark.parametrize("entries", ["abc", {"a": 1}, 42, None])
 def test_entries_must_be_a_list(entries: Any) -> None:
     """A string, a single mapping or a scalar is not a list of entries."""
     with pytest.raises(RequestValidationError, match="entries must be a list"):
-        prepare_entries(entries)
+        check_entries(entries)
 
 
 @pytest.mark.parametrize("bad", ["text", 3, ["a"], None, (1, 2)])
 def test_entry_not_a_mapping(bad: Any) -> None:
     """An entry that is not a mapping or pydantic model is named by index."""
     with pytest.raises(RequestValidationError) as info:
-        prepare_entries([{"ok": 1}, {"ok": 2}, bad])
+        _encode([{"ok": 1}, {"ok": 2}, bad])
     assert info.value.index == 2
     assert str(info.value).startswith("entries[2]: an entry must be a mapping")
 
