@@ -117,7 +117,7 @@ class _Source:
                 f"got {type(records).__name__}"
             )
 
-    async def next(self, timeout: float | None) -> Item:
+    async def next(self) -> Item:
         if self.sync is not None:
             return next(self.sync, _END)
         if self._async is not None:
@@ -126,13 +126,16 @@ class _Source:
             except StopAsyncIteration:
                 return _END
         assert self._queue is not None
-        if timeout is None:
-            item: Item = await self._queue.get()
-            return item
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return _TIMEOUT
+        # A plain get, never wrapped in a timeout: Queue.get is cancellation-safe (an item is
+        # never taken by a get that is then cancelled), and wait_for around it is not on
+        # Python < 3.12. The linger timer wakes the reader through wake() instead.
+        item: Item = await self._queue.get()
+        return item
+
+    def wake(self) -> None:
+        """Tell a reader waiting on the queue that its linger time is up."""
+        if self._queue is not None and not self._queue.full():
+            self._queue.put_nowait(_TIMEOUT)
 
 
 class Pipeline:
@@ -329,61 +332,73 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         encoder = self.encoder
         report = self.report
-        deadline: float | None = None
+        deadline: float | None = None  # when the partial batch must leave (linger)
+        timer: asyncio.TimerHandle | None = None
         position = 0
-        while True:
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            item = await source.next(timeout)
-            if item is _END:
-                break
-            if item is _TIMEOUT:
-                await self._emit()
-                deadline = None
-                continue
-            if isinstance(item, _Flush):
-                await self._emit()
-                deadline = None
-                item.done.set_result(self._emitted)
-                continue
-            pos = position
-            position += 1
-            report.records_read = position
-            if isinstance(item, _Encoded):
-                entry, part = item.entry, item.part
-            else:
-                try:
-                    entry, part = encoder.encode_entry(item, pos)
-                except RequestValidationError as exc:
-                    self._fail([pos], [item], exc)
+        try:
+            while True:
+                item = await source.next()
+                if item is _END:
+                    break
+                if item is _TIMEOUT:
+                    if deadline is not None and loop.time() >= deadline:
+                        await self._emit()
+                        deadline = None
                     continue
-            if self._max_bytes is not None:
-                if encoder.overhead + len(part) > self._max_bytes:
-                    self._fail([pos], [item], RequestValidationError(
-                        f"entries[{pos}]: the entry alone is {len(part):,} bytes encoded, more "
-                        f"than max_batch_bytes={self._max_bytes:,} allows", index=pos))
-                    continue
-                if (self._partial.entries
-                        and encoder.overhead + self._partial.size + 1 + len(part)
-                        > self._max_bytes):
+                if isinstance(item, _Flush):
                     await self._emit()
                     deadline = None
-            self._partial.add(pos, entry, part)
-            if self._linger is not None and len(self._partial) == 1:
-                deadline = loop.time() + self._linger
-            if len(self._partial) >= self._batch_size:
-                await self._emit()
-                deadline = None
-        await self._emit()
+                    item.done.set_result(self._emitted)
+                    continue
+                pos = position
+                position += 1
+                report.records_read = position
+                if isinstance(item, _Encoded):
+                    entry, part = item.entry, item.part
+                else:
+                    try:
+                        entry, part = encoder.encode_entry(item, pos)
+                    except RequestValidationError as exc:
+                        self._fail([pos], [item], exc)
+                        continue
+                if self._max_bytes is not None:
+                    if encoder.overhead + len(part) > self._max_bytes:
+                        self._fail([pos], [item], RequestValidationError(
+                            f"entries[{pos}]: the entry alone is {len(part):,} bytes encoded, "
+                            f"more than max_batch_bytes={self._max_bytes:,} allows", index=pos))
+                        continue
+                    if (self._partial.entries
+                            and encoder.overhead + self._partial.size + 1 + len(part)
+                            > self._max_bytes):
+                        await self._emit()
+                        deadline = None
+                self._partial.add(pos, entry, part)
+                if self._linger is not None and len(self._partial) == 1:
+                    deadline = loop.time() + self._linger
+                    if timer is not None:
+                        timer.cancel()
+                    timer = loop.call_at(deadline, source.wake)
+                if len(self._partial) >= self._batch_size or (
+                    deadline is not None and loop.time() >= deadline
+                ):
+                    await self._emit()
+                    deadline = None
+            await self._emit()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _emit(self) -> None:
         if not self._partial.entries:
             return
-        batch, self._partial = self._partial, Batch()
-        await self._queue.put(batch)
+        # The batch stays in _partial until the queue takes it: a reader cancelled while
+        # waiting for room must leave it where shutdown will find it.
+        await self._queue.put(self._partial)
+        self._partial = Batch()
         self._emitted += 1
         self.max_queue_depth = max(self.max_queue_depth, self._queue.qsize())
         if self._queue.qsize() < self._queue.maxsize:
-            # A sync iterable never yields on its own: let senders start while the queue fills.
+            # A sync iterable (cut by bytes) never yields on its own: let senders start.
             await asyncio.sleep(0)
 
     async def flush_marker(self, queue: asyncio.Queue[Any]) -> None:

@@ -289,3 +289,53 @@ async def test_pipeline_argument_errors(clock: ManualClock, fake: FakePangoCDP) 
         with pytest.raises(TypeError, match="iterable"):
             await client.ingest_many("order", 5, source="POS")  # type: ignore[arg-type]
     assert fake.requests == []
+
+
+async def test_token_expiry_mid_run_is_transparent(clock: ManualClock) -> None:
+    """Tokens revoked mid-run: one refresh, every record still accepted once."""
+    async with FakePangoCDP(rate_limits=None) as fake:
+        async with _client(fake, clock) as client:
+
+            def progress(report: IngestReport) -> None:
+                if report.records_accepted == 1_000:
+                    fake.expire_tokens()
+
+            report = await client.ingest_many("order", _records(3_000), source="POS",
+                                              concurrency=1, on_progress=progress)
+    assert report.records_accepted == 3_000
+    assert fake.auth_calls == 2
+    assert sorted(e["id"] for e in fake.accepted) == list(range(3_000))
+    assert [r.status for r in fake.requests].count(401) == 1
+
+
+async def test_stream_cancelled_reports_unsent(clock: ManualClock) -> None:
+    """A stream cancelled while a slow batch is under way: the batch finishes, batches still
+    queued (and the one the reader was waiting to queue) are reported unsent; nothing is both
+    and nothing read is missing."""
+    async with FakePangoCDP(rate_limits=None, latency_s=0.05) as fake:
+        async with _client(fake, clock) as client:
+            first_batch_done = asyncio.Event()
+            stream = client.stream("order", source="POS", concurrency=1, batch_size=10,
+                                   linger=10.0, max_pending=1_000,
+                                   on_progress=lambda report: first_batch_done.set())
+
+            async def produce() -> None:
+                async with stream:
+                    for i in range(100):
+                        await stream.send({"id": i})
+                    await asyncio.Event().wait()  # a service that runs until cancelled
+
+            task = asyncio.ensure_future(produce())
+            await first_batch_done.wait()  # the second batch is now under way
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    report = client.last_report
+    assert report is not None
+    assert report.cancelled
+    accepted = {e["id"] for e in fake.accepted}
+    unsent = {u.position for u in report.unsent}
+    assert len(accepted) >= 20  # the first batch, and the one under way at the cancel
+    assert unsent
+    assert not accepted & unsent
+    assert accepted | unsent == set(range(report.records_read))
