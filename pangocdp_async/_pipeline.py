@@ -430,8 +430,12 @@ class Pipeline:
         if self._on_progress is not None:
             self._on_progress(self.report)
 
-    async def _deliver(self, batch: Batch) -> None:
-        """Send one batch until it is accepted or each of its records is reported failed."""
+    async def _deliver(self, batch: Batch, *, isolate: bool = True) -> PangoCDPError | None:
+        """Send one batch until it is accepted or each of its records is reported failed.
+
+        Returns ``None`` if accepted, else the final error. With ``isolate=False`` a 400 for
+        several entries is returned unreported, for the caller to isolate.
+        """
         client = self._client
         report = self.report
         policy = self._retry
@@ -457,11 +461,12 @@ class Pipeline:
                                   elapsed_s=loop.time() - first_try, entries=len(batch),
                                   policy=policy)
                 if decision is Decision.SPLIT and isinstance(exc, BadRequestError):
-                    await self._isolate(batch, exc)
-                    return
+                    if isolate:
+                        await self._isolate(batch, exc)
+                    return exc
                 if decision is Decision.FAIL:
                     self._fail(batch.positions, batch.entries, exc)
-                    return
+                    return exc
                 report.retries += 1
                 client._stats.retries += 1
                 if decision is Decision.RETRY:
@@ -471,15 +476,18 @@ class Pipeline:
             report.records_accepted += len(batch)
             if maybe_sent:
                 report.possible_duplicates += len(batch)
-            return
+            return None
 
     async def _isolate(self, batch: Batch, error: BadRequestError) -> None:
-        """A 400 for a batch of several entries: find the refused ones, send the rest.
+        """``batch`` was refused with 400: find the refused entries, deliver the rest.
 
-        When the server's message names the entry (``entries[i]``), that entry is set aside and
-        the rest sent at once; otherwise the batch is halved and each half delivered (which
-        halves again on a 400), so one poison entry among n costs about 2 log2(n) requests.
-        The set-aside entry is sent alone too: it is reported with the server's own verdict.
+        When the server's message names the entry (``entries[i]``), that entry is sent alone
+        (so it is reported with the server's own verdict) and the rest together: 2 requests.
+        Otherwise the batch is searched by halves: the left half is sent; if it is accepted, the
+        refused entry must be in the right half, which is searched without being sent whole;
+        if it is refused too, it is searched and the right half is delivered on its own. The
+        last suspect is always sent alone. One refused entry among 50 costs 6 to 12 extra
+        requests, 9.4 on average over its 50 possible places.
         """
         match = _ENTRY_INDEX.search(error.message or "")
         if match is not None and int(match.group(1)) < len(batch):
@@ -487,9 +495,19 @@ class Pipeline:
             await self._deliver(batch.select([index]))
             await self._deliver(batch.without(index))
             return
-        left, right = batch.split(len(batch) // 2 + len(batch) % 2)
-        await self._deliver(left)
-        await self._deliver(right)
+        while len(batch) > 1:
+            left, right = batch.split(len(batch) // 2 + len(batch) % 2)
+            left_error = await self._deliver(left, isolate=False)
+            if left_error is None:
+                batch = right  # the culprit is here; do not send it whole
+                continue
+            if isinstance(left_error, BadRequestError) and len(left) > 1:
+                await self._isolate(left, left_error)
+            # else: left failed for good and is reported (a single refused entry, or an error
+            # that is not a 400); either way the right half is unknown.
+            await self._deliver(right)
+            return
+        await self._deliver(batch)  # the last suspect, alone: the server's own verdict
 
     # --- failures ------------------------------------------------------------------------------
     def _fail(self, positions: list[int], records: list[Any], error: PangoCDPError) -> None:

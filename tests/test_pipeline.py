@@ -90,18 +90,21 @@ async def test_poison_entry_isolated(clock: ManualClock) -> None:
     assert report.requests - 1 <= 7
 
 
-async def test_poison_entry_bisected_when_unnamed(clock: ManualClock) -> None:
-    """Without an index in the server's message, bisection still isolates it (about
-    2 log2(50) requests)."""
+@pytest.mark.parametrize("poison", [{0}, {17}, {33}, {49}, {5, 40}, {20, 21}])
+async def test_poison_entries_found_when_unnamed(clock: ManualClock, poison: set[int]) -> None:
+    """Without an index in the server's message, a search by halves isolates every refused
+    entry (one among 50 in at most 12 extra requests) and delivers all the others once."""
     async with FakePangoCDP(rate_limits=None, name_rejected_index=False,
-                            reject_entry=lambda e: "Missing momCode" if e["id"] == 33 else None
-                            ) as fake:
+                            reject_entry=lambda e: "Missing momCode" if e["id"] in poison
+                            else None) as fake:
         async with _client(fake, clock) as client:
             report = await client.ingest_many("custom-model", _records(50), source="CRM")
-    assert report.records_accepted == 49
-    assert [f.position for f in report.failures] == [33]
-    assert report.failures[0].error.message == "Missing momCode"  # type: ignore[attr-defined]
-    assert report.requests - 1 <= 12
+    assert report.records_accepted == 50 - len(poison)
+    assert sorted(e["id"] for e in fake.accepted) == [i for i in range(50) if i not in poison]
+    assert sorted(f.position for f in report.failures) == sorted(poison)
+    assert all(f.error.message == "Missing momCode" for f in report.failures)  # type: ignore[attr-defined]
+    if len(poison) == 1:
+        assert 6 <= report.requests - 1 <= 12
 
 
 async def _async_records(n: int) -> AsyncIterator[dict[str, int]]:
