@@ -1,10 +1,12 @@
-"""The bulk pipeline: records -> encoded batches -> a bounded queue -> a pool of senders.
+"""The bulk pipeline: records -> encoded batches -> a pool of senders -> a report.
 
-The reader encodes each record once and cuts batches by count and bytes; a bounded queue holds
-at most ``2 x concurrency`` batches, so memory stays flat whatever the input size; each sender
-delivers one batch at a time through the client (which reserves a quota slot per attempt) and
-applies the retry policy. Every record read ends accepted, failed (with its error) or unsent
-(the run stopped), and the report says which.
+Two ways in. A plain iterable cut by count is read by the senders themselves, a batch at a
+time, with nothing in between (the fast path). An async iterable, a byte limit or a stream goes
+through a reader task that encodes each record once and a queue of at most ``2 x concurrency``
+batches. Either way memory stays flat whatever the input size. Each sender delivers one batch at
+a time through the client (which reserves a quota slot per attempt) and applies the retry
+policy. Every record read ends accepted, failed (with its error) or unsent (the run stopped),
+and the report says which.
 """
 
 from __future__ import annotations
