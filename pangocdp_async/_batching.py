@@ -140,9 +140,6 @@ class EntryEncoder:
             _reject_non_finite(entry, position)
         return entry, data
 
-    def encode(self, record: object, position: int) -> bytes:
-        return self.encode_entry(record, position)[1]
-
     def encode_batch(
         self, records: list[Any], first: int
     ) -> tuple[Batch, list[tuple[int, Any, RequestValidationError]]]:
@@ -227,7 +224,8 @@ def encode_body(envelope: Mapping[str, Any], entries: list[Any], *,
                 first_index: int = 0) -> bytes:
     """Encode one request body, entry by entry. ``first_index`` numbers entries in errors."""
     encoder = EntryEncoder(envelope)
-    return encoder.body([encoder.encode(e, first_index + i) for i, e in enumerate(entries)])
+    return encoder.body([encoder.encode_entry(e, first_index + i)[1]
+                         for i, e in enumerate(entries)])
 
 
 def _explain_unencodable(entry: Any, index: int, cause: Exception) -> RequestValidationError:

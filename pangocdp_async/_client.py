@@ -253,9 +253,11 @@ class PangoCDPClient:
         >>> report = await client.ingest_many("order", rows(), source="POS")  # doctest: +SKIP
         """
         pipeline = self._pipeline(
-            object_type, source, init_data, je_config_id, je_event_key, ignored_update_cfs,
-            concurrency, batch_size, max_batch_bytes, retry, dead_letter, on_progress, None,
-            shutdown_timeout,
+            object_type, source=source, init_data=init_data, je_config_id=je_config_id,
+            je_event_key=je_event_key, ignored_update_cfs=ignored_update_cfs,
+            concurrency=concurrency, batch_size=batch_size, max_batch_bytes=max_batch_bytes,
+            retry=retry, dead_letter=dead_letter, on_progress=on_progress, linger=None,
+            shutdown_timeout=shutdown_timeout,
         )
         return await pipeline.run(records)
 
@@ -285,15 +287,18 @@ class PangoCDPClient:
         >>> stream.report.records_accepted                                # doctest: +SKIP
         """
         pipeline = self._pipeline(
-            object_type, source, init_data, je_config_id, je_event_key, ignored_update_cfs,
-            concurrency, batch_size, max_batch_bytes, retry, dead_letter, on_progress, linger,
-            shutdown_timeout,
+            object_type, source=source, init_data=init_data, je_config_id=je_config_id,
+            je_event_key=je_event_key, ignored_update_cfs=ignored_update_cfs,
+            concurrency=concurrency, batch_size=batch_size, max_batch_bytes=max_batch_bytes,
+            retry=retry, dead_letter=dead_letter, on_progress=on_progress, linger=linger,
+            shutdown_timeout=shutdown_timeout,
         )
-        return IngestStream(pipeline, pipeline.encoder,
-                            max_pending if max_pending is not None else batch_size * concurrency)
+        return IngestStream(
+            pipeline, max_pending if max_pending is not None else batch_size * concurrency
+        )
 
     def _pipeline(
-        self, object_type: str, source: str, init_data: bool, je_config_id: str | None,
+        self, object_type: str, *, source: str, init_data: bool, je_config_id: str | None,
         je_event_key: str | None, ignored_update_cfs: list[str] | None, concurrency: int,
         batch_size: int, max_batch_bytes: int | None, retry: RetryPolicy | None,
         dead_letter: DeadLetter | None, on_progress: Callable[[IngestReport], Any] | None,

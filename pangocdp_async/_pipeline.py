@@ -215,7 +215,7 @@ class Pipeline:
             loops = [self._send_loop() for _ in range(self._concurrency)]
         senders = [asyncio.create_task(loop_) for loop_ in loops]
         for task in senders:
-            self._current[task] = Batch()
+            self._current[task] = _EMPTY
         try:
             pending: set[asyncio.Future[None]] = set(senders)
             if reader is not None:
@@ -280,7 +280,7 @@ class Pipeline:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
             for task in late:
-                self._mark_unsent(self._current.get(task, Batch()))
+                self._mark_unsent(self._current.get(task, _EMPTY))
 
     def _mark_unsent(self, batch: Batch) -> None:
         for pos, entry in zip(batch.positions, batch.entries, strict=True):
@@ -326,9 +326,7 @@ class Pipeline:
                 self._current[task] = batch
                 await self._deliver(batch)
                 self._current[task] = _EMPTY
-                self._delivered += 1
-                if self._on_progress is not None:
-                    self._on_progress(self.report)
+                await self._delivered_one()
 
     async def _read_each(self, source: _Source) -> None:
         loop = asyncio.get_running_loop()
@@ -421,7 +419,7 @@ class Pipeline:
                 return
             self._current[task] = batch
             await self._deliver(batch)
-            self._current[task] = Batch()
+            self._current[task] = _EMPTY
             await self._delivered_one()
 
     async def _delivered_one(self) -> None:
@@ -552,11 +550,11 @@ class IngestStream:
     block flushes the rest, and ``report`` then holds the whole run's report.
     """
 
-    def __init__(self, pipeline: Pipeline, encoder: EntryEncoder, max_pending: int) -> None:
+    def __init__(self, pipeline: Pipeline, max_pending: int) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
         self._pipeline = pipeline
-        self._encoder = encoder
+        self._encoder = pipeline.encoder
         self._records: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_pending)
         self._task: asyncio.Task[IngestReport] | None = None
         self._sent = 0
