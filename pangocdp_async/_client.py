@@ -32,7 +32,7 @@ from ._constants import (
     HEADER_TOKEN,
     MAX_ENTRIES_PER_REQUEST,
 )
-from ._exceptions import AuthenticationError, RateLimitedError
+from ._exceptions import APIConnectionError, AuthenticationError, RateLimitedError
 from ._limiter import QuotaScheduler
 from ._pipeline import DeadLetter, IngestStream, Pipeline
 from ._responses import error_for, parse_body, parse_remaining, request_id_of
@@ -59,8 +59,9 @@ class PangoCDPClient:
     ``PANGOCDP_INGEST_URL``. A static ``token`` (with ``api_key``) skips the auth call.
 
     ``limiter`` shares one scheduler (one quota) between clients; otherwise the client makes its
-    own from ``rate_limits`` (an empty sequence turns pacing off). ``transport`` replaces HTTP
-    altogether (tests, benchmarks); ``clock`` is the monotonic clock used for token expiry.
+    own from ``rate_limits`` (an empty sequence turns pacing off). ``retry`` is the default
+    :class:`RetryPolicy` of the bulk calls. ``transport`` replaces HTTP altogether (tests,
+    benchmarks); ``clock`` is the monotonic clock used for token expiry.
 
     >>> async with PangoCDPClient(username="me", api_key="...", group_key="...") as client:
     ...     result = await client.ingest("order", [{"orderId": "1"}], source="POS")
@@ -80,6 +81,7 @@ class PangoCDPClient:
         session: aiohttp.ClientSession | None = None,
         limiter: QuotaScheduler | None = None,
         transport: Transport | None = None,
+        retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         username = username if username is not None else os.environ.get(ENV_USERNAME)
@@ -121,6 +123,11 @@ class PangoCDPClient:
             if timeout <= 0:
                 raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
             self._timeout = aiohttp.ClientTimeout(total=timeout)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+        #: The default retry policy of ``ingest_many`` and ``stream``; its ``time_budget_s``
+        #: also bounds how long ``ingest`` waits for a quota slot.
+        self.retry = retry if retry is not None else RetryPolicy()
         self._session = session
         self._owns_session = session is None and transport is None
         self._transport = transport
@@ -208,7 +215,10 @@ class PangoCDPClient:
 
         Raises :class:`RequestValidationError` (before any I/O) for bad input, and an
         :class:`APIStatusError` subclass or :class:`APIConnectionError` when the request fails.
-        A 401 triggers one token refresh and one retry.
+        A 401 triggers one token refresh and one retry. A 429 is raised (and pauses every
+        sender of the scheduler); if the scheduler's next slot is more than the client's
+        ``retry.time_budget_s`` away, :class:`QuotaWaitError` is raised at once, with nothing
+        sent, instead of waiting.
 
         >>> await client.ingest("order", [{"orderId": "A1"}], source="POS")  # doctest: +SKIP
         """
@@ -221,7 +231,8 @@ class PangoCDPClient:
         ).wire_fields()
         items = check_entries(entries)
         body = encode_body(envelope, items)
-        return await self.send_encoded(body, entries=len(items), init_data=init_data)
+        return await self.send_encoded(body, entries=len(items), init_data=init_data,
+                                       max_wait=self.retry.time_budget_s)
 
     async def ingest_many(
         self,
@@ -313,20 +324,24 @@ class PangoCDPClient:
         return Pipeline(
             self, EntryEncoder(envelope), init_data=init_data, concurrency=concurrency,
             batch_size=batch_size, max_batch_bytes=max_batch_bytes,
-            retry=retry if retry is not None else RetryPolicy(), dead_letter=dead_letter,
+            retry=retry if retry is not None else self.retry, dead_letter=dead_letter,
             on_progress=on_progress, linger=linger, shutdown_timeout=shutdown_timeout,
         )
 
-    async def send_encoded(self, body: bytes, *, entries: int, init_data: bool) -> IngestResult:
+    async def send_encoded(
+        self, body: bytes, *, entries: int, init_data: bool, max_wait: float | None = None
+    ) -> IngestResult:
         """Send one already encoded body: reserve a slot, POST, interpret the answer.
 
-        Every attempt takes its own reservation, just before it is sent.
+        Every attempt takes its own reservation, just before it is sent. ``max_wait`` bounds the
+        wait for a slot (:class:`QuotaWaitError` beyond it, with nothing sent).
         """
         if self._transport is None or self._tokens is None:
             raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
         transport = self._transport
         tokens = self._tokens
         stats = self._stats
+        limiter = self.limiter
         url = self._ingest_urls[init_data]
         api_key = self._api_key.get_secret_value()
         attempts = 0
@@ -340,15 +355,22 @@ class PangoCDPClient:
                     HEADER_TOKEN: token,
                     HEADER_API_KEY: api_key,
                 }
-            reservation = await self.limiter.reserve()
+            # The send starts in the step in which the slot is given: nothing is awaited between.
+            reservation = await limiter.reserve(max_wait=max_wait)
             attempts += 1
             stats.started()
             started = self._clock()
             try:
                 response = await transport.post(url, body=body, headers=headers)
-            except BaseException:
+            except APIConnectionError as exc:
+                limiter.complete(reservation, counted=exc.maybe_sent)
                 stats.failed()
                 raise
+            except BaseException:
+                limiter.complete(reservation)
+                stats.failed()
+                raise
+            limiter.complete(reservation, rejected=response.status == 429)
             latency = self._clock() - started
             stats.answered(response.status, latency, entries)
             parsed = parse_body(response.body)
@@ -356,7 +378,7 @@ class PangoCDPClient:
             if error is None:
                 remaining = parse_remaining(response)
                 if remaining is not None:
-                    self.limiter.on_remaining(remaining, latency)
+                    limiter.on_remaining(remaining, reservation)
                 logger.debug("ingest: %d entries, HTTP %d in %.3f s", entries, response.status,
                              latency)
                 return IngestResult(
@@ -369,7 +391,7 @@ class PangoCDPClient:
                     rate_limit_remaining=remaining,
                 )
             if isinstance(error, RateLimitedError):
-                self.limiter.on_rate_limited(error.retry_after, reservation)
+                limiter.on_rate_limited(error.retry_after, reservation)
             elif isinstance(error, AuthenticationError) and tokens.can_refresh and not refreshed:
                 logger.info("ingest: token refused (HTTP 401); refreshing once")
                 refreshed = True

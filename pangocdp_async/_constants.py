@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_AUTH_URL",
     "DEFAULT_BACKOFF_INITIAL_S",
     "DEFAULT_BACKOFF_MAX_S",
+    "DEFAULT_CLOCK_STEP_ALLOWANCE_S",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_INGEST_URL",
     "DEFAULT_LINGER_S",
@@ -19,7 +20,9 @@ __all__ = [
     "DEFAULT_MARGIN_RELATIVE",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_RATE_LIMITED",
+    "DEFAULT_MAX_RETRY_AFTER_S",
     "DEFAULT_RETRY_BUDGET_S",
+    "DEFAULT_SAVE_EVERY",
     "DEFAULT_SHUTDOWN_TIMEOUT_S",
     "DEFAULT_TIMEOUT_S",
     "DOCUMENTED_WINDOWS",
@@ -34,6 +37,9 @@ __all__ = [
     "HEADER_TOKEN",
     "LATENCY_SAMPLES",
     "MAX_ENTRIES_PER_REQUEST",
+    "PAUSE_JITTER",
+    "RATE_LIMIT_EPISODE_S",
+    "RETRY_AFTER_PAD_S",
     "TOKEN_REFRESH_MARGIN_S",
 ]
 
@@ -72,10 +78,29 @@ TOKEN_REFRESH_MARGIN_S: Final = 60.0
 # ours: total time allowed for one HTTP request.
 DEFAULT_TIMEOUT_S: Final = 30.0
 # ours: every window is widened by absolute + relative * period before the scheduler counts a
-# send out of it. The absolute part absorbs arrival jitter (network, connection pool, event-loop
-# lag); the relative part absorbs a client clock that runs faster than the server's (100 ppm).
-DEFAULT_MARGIN_ABSOLUTE_S: Final = 0.25
+# send out of it. Arrival jitter needs no margin (a send is counted until its answer is back,
+# the latest moment it can have arrived); the absolute part is a floor for what that cannot
+# see (the server's own queueing before its limiter reads the clock, a request still in the
+# kernel when a timeout gives up on it); the relative part absorbs a client clock that runs
+# faster than the server's (100 ppm).
+DEFAULT_MARGIN_ABSOLUTE_S: Final = 0.1
 DEFAULT_MARGIN_RELATIVE: Final = 1e-4
+
+# ours: the quota scheduler's answer to a 429. Every sender pauses for the server's hint (which
+# Bucket4j truncates to whole seconds) plus RETRY_AFTER_PAD_S, stretched by up to PAUSE_JITTER
+# so that clients do not resynchronise. Hints above DEFAULT_MAX_RETRY_AFTER_S are treated as
+# that (an interval-refilled daily window can honestly say up to 86,400 s; a proxy can say
+# anything). 429s less than RATE_LIMIT_EPISODE_S apart (after the previous pause) form one
+# episode, in which each new 429 models one more window as full, shortest first.
+RETRY_AFTER_PAD_S: Final = 1.0
+PAUSE_JITTER: Final = 0.1
+DEFAULT_MAX_RETRY_AFTER_S: Final = 3_600.0
+RATE_LIMIT_EPISODE_S: Final = 300.0
+# ours: the saved quota state is written every this many sends (and on close).
+DEFAULT_SAVE_EVERY: Final = 50
+# ours: a restored state is read as if the wall clock may have been stepped forward by up to
+# this much between save and load (NTP steps are usually well under a second).
+DEFAULT_CLOCK_STEP_ALLOWANCE_S: Final = 2.0
 
 # ours: retry defaults (RetryPolicy). A batch gets this many attempts for 5xx, connection errors
 # and timeouts, waiting a full-jitter exponential backoff between them, within a time budget.

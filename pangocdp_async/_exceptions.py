@@ -8,6 +8,7 @@
      │    ├── BadRequestError          400
      │    ├── AuthenticationError      401, or the auth call failed
      │    ├── RateLimitedError         429 (retriable; ``retry_after`` in seconds)
+     │    │    └── QuotaWaitError      not sent: the quota scheduler would wait past the budget
      │    ├── ServerError              5xx (retriable)
      │    └── UnsuccessfulResponseError  200 whose body says ``"success": false``
      └── APIConnectionError            no usable answer (retriable)
@@ -32,6 +33,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "PangoCDPError",
+    "QuotaWaitError",
     "RateLimitedError",
     "RequestValidationError",
     "ServerError",
@@ -106,6 +108,29 @@ class RateLimitedError(APIStatusError):
     def __init__(self, *, retry_after: float | None = None, **kwargs: Any) -> None:
         self.retry_after = retry_after
         super().__init__(**kwargs)
+
+
+class QuotaWaitError(RateLimitedError):
+    """Nothing was sent: the quota scheduler's next slot for this request (after a 429 pause, or
+    when the windows are spent) lies further ahead than the request's budget allows.
+
+    ``retry_after`` is the scheduler's estimate, in seconds, of when a slot frees up. ``status``
+    is 429 because the wait comes from the rate limit, but no HTTP request was made.
+    """
+
+    retriable = False
+
+    def __init__(self, retry_after: float, budget: float) -> None:
+        super().__init__(
+            retry_after=retry_after,
+            status=429,
+            error_code="QUOTA_WAIT",
+            message=(
+                f"not sent: the quota scheduler's next slot is {retry_after:.1f} s away, "
+                f"beyond this request's budget of {budget:.1f} s"
+            ),
+        )
+        self.budget = budget
 
 
 class ServerError(APIStatusError):

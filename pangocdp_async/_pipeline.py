@@ -28,6 +28,7 @@ from ._exceptions import (
     APIConnectionError,
     BadRequestError,
     PangoCDPError,
+    QuotaWaitError,
     RateLimitedError,
     RequestValidationError,
 )
@@ -447,9 +448,16 @@ class Pipeline:
         body = self.encoder.batch_body(batch)
         while True:
             attempts += 1
+            # A retry waits for a quota slot within what is left of the batch's budget; the
+            # first attempt waits as long as pacing needs.
+            max_wait = (None if attempts == 1
+                        else max(0.0, policy.time_budget_s - (loop.time() - first_try)))
             try:
                 result = await client.send_encoded(body, entries=len(batch),
-                                                   init_data=self._init_data)
+                                                   init_data=self._init_data, max_wait=max_wait)
+            except QuotaWaitError as exc:  # nothing was sent
+                self._fail(batch.positions, batch.entries, exc)
+                return exc
             except PangoCDPError as exc:
                 report.requests += 1
                 if isinstance(exc, APIConnectionError) and exc.maybe_sent:

@@ -18,6 +18,7 @@ from ._exceptions import (
     APIConnectionError,
     BadRequestError,
     PangoCDPError,
+    QuotaWaitError,
     RateLimitedError,
 )
 
@@ -93,6 +94,8 @@ def decide(
     policy: RetryPolicy,
 ) -> Decision:
     """What to do with a batch whose latest attempt raised ``error``."""
+    if isinstance(error, QuotaWaitError):
+        return Decision.FAIL  # the scheduler's wait is beyond the budget: nothing to retry
     if isinstance(error, RateLimitedError):
         ok = rate_limited <= policy.max_rate_limited and elapsed_s < policy.time_budget_s
         return Decision.AFTER_PAUSE if ok else Decision.FAIL

@@ -18,7 +18,7 @@ def test_public_names_are_exactly_these() -> None:
     assert set(pangocdp_async.__all__) == {
         "APIConnectionError", "APIStatusError", "APITimeoutError", "AuthenticationError",
         "BadRequestError", "DOCUMENTED_LIMITS", "IngestResult", "Margin", "PangoCDPClient",
-        "PangoCDPError", "Policy", "QuotaScheduler", "QuotaStore", "RateLimit",
+        "PangoCDPError", "Policy", "QuotaScheduler", "QuotaStore", "QuotaWaitError", "RateLimit",
         "RateLimitedError", "RawResponse", "RequestValidationError", "Reservation",
         "SQLiteQuotaStore", "ServerError", "Transport", "UnsuccessfulResponseError",
         "ClientStats", "IngestReport", "IngestStream", "PipelineError", "RecordFailure",

@@ -1,14 +1,16 @@
-"""The scheduler in front of FakePangoCDP over loopback, with scaled-down windows."""
+"""The scheduler in front of FakePangoCDP over loopback, in real time, with scaled-down
+windows."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 from pangocdp_async import Margin, PangoCDPClient, QuotaScheduler, RateLimit, RateLimitedError
 from pangocdp_async.testing import FakePangoCDP
 
-SCALED = [RateLimit(20, 1.0), RateLimit(100, 5.0)]
+SCALED = [RateLimit(20, 0.4), RateLimit(100, 2.0)]
 
 
 async def _send_all(client: PangoCDPClient, batches: list[list[dict[str, int]]],
@@ -34,7 +36,7 @@ async def _send_all(client: PangoCDPClient, batches: list[list[dict[str, int]]],
 
 
 async def test_zero_429s_and_every_entry_once_over_loopback() -> None:
-    """210 requests of 50 entries from 16 senders, paced by 20/1 s and 100/5 s: the fake
+    """210 requests of 50 entries from 16 senders, paced by 20/0.4 s and 100/2 s: the fake
     (a greedy Bucket4j bucket) never answers 429 and receives each entry exactly once."""
     counter = itertools.count()
     batches = [[{"id": next(counter)} for _ in range(50)] for _ in range(210)]
@@ -49,8 +51,9 @@ async def test_zero_429s_and_every_entry_once_over_loopback() -> None:
     assert fake.rate_limited == 0
     ids = [entry["id"] for entry in fake.accepted]
     assert sorted(ids) == list(range(210 * 50))
-    # 100 at once, 100 more after 5.05 s, the last 10 after 10.1 s: the windows are used fully
-    assert 10.0 <= elapsed < 11.5
+    # 100 in the first 2 s, 100 more once those are 2 s old, the last 10 after 4 s: the windows
+    # are used fully (each send is held for its round trip plus 2 s plus the 0.05 s margin)
+    assert 4.0 <= elapsed < 5.0
 
 
 async def test_injected_429_pauses_every_sender() -> None:
@@ -72,3 +75,22 @@ async def test_injected_429_pauses_every_sender() -> None:
     assert resumed, "the senders never resumed"
     assert min(resumed) >= 1.0  # header "0" + 1 s
     assert sorted(e["id"] for e in fake.accepted) == list(range(40))
+
+
+async def test_a_blocking_call_in_the_application_causes_no_429() -> None:
+    """A 1.5-s time.sleep() blocks the event loop (client and fake alike) while 8 senders wait
+    on a 10/1 s window: afterwards the overdue senders start at the real time, and the fake
+    answers no 429 (before: every overdue slot went at once)."""
+    limits = [RateLimit(10, 1.0)]
+    batches = [[{"id": i}] for i in range(25)]
+    async with FakePangoCDP(rate_limits=limits, refill="greedy") as fake:
+        limiter = QuotaScheduler(limits)
+        async with PangoCDPClient(**fake.client_kwargs(), limiter=limiter) as client:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.5, time.sleep, 1.5)  # the application blocks the loop
+            rejected = await _send_all(client, batches, senders=8)
+    assert rejected == 0
+    assert fake.rate_limited == 0
+    assert sorted(e["id"] for e in fake.accepted) == list(range(25))
+    arrivals = sorted(r.at for r in fake.requests)
+    assert all(b - a > 1.0 for a, b in zip(arrivals, arrivals[10:], strict=False))

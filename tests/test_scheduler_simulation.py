@@ -1,73 +1,213 @@
-"""The scheduler against a Bucket4j model of the server: 64 senders, the documented windows,
-26 simulated hours on virtual time (seconds of real time)."""
+"""The scheduler against a Bucket4j model of the server, on virtual time: the promise "never
+rate-limited, nearly the whole allowance" under event-loop stalls, heavy-tailed networks, a
+stray 429, a foreign burst, no headers and a restart.
+
+The proofs over 26 simulated hours are marked ``slow`` (``make test-all`` and CI run them);
+the default suite runs the same shapes over minutes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from pangocdp_async import DOCUMENTED_LIMITS, QuotaScheduler, RateLimit, SQLiteQuotaStore
-from pangocdp_async.testing import Bucket4jBucket, run_in_virtual_time
-from pangocdp_async.testing._bucket4j import Refill
-from pangocdp_async.testing._simulation import (
+from pangocdp_async import DOCUMENTED_LIMITS, Margin, QuotaScheduler, RateLimit, SQLiteQuotaStore
+from pangocdp_async.testing import (
+    Bucket4jBucket,
+    ConsumeResult,
+    Refill,
     SimulationResult,
+    lognormal_latency,
+    pareto_latency,
+    run_in_virtual_time,
+    scheduler_hooks,
     simulate_senders,
     sliding_ceiling,
     token_bucket_ceiling,
+    window_excess,
 )
 
-HOURS_26 = 26 * 3600.0
+HOUR = 3600.0
+PHASE_SAFE = Margin(0.0, 0.0)
+# Three phases of the server's interval refill, from one seeded draw.
+PHASES = [random.Random(7).uniform(0, 86_400) for _ in range(3)]
 
 
-def _run(scheduler: QuotaScheduler, server: Bucket4jBucket, hours: float) -> SimulationResult:
+def run(
+    scheduler: QuotaScheduler,
+    server: Bucket4jBucket,
+    hours: float,
+    *,
+    header: bool = True,
+    senders: int = 64,
+    **kwargs: object,
+) -> SimulationResult:
     async def main() -> SimulationResult:
         return await simulate_senders(
-            scheduler.reserve, server, senders=64, duration_s=hours * 3600.0,
-            on_rejected=lambda v: scheduler.on_rate_limited(float(v.retry_after_header)),
-            on_accepted=lambda v, rtt: scheduler.on_remaining(v.remaining, rtt),
+            server=server, senders=senders, duration_s=hours * HOUR, keep_sends=True,
+            **scheduler_hooks(scheduler, remaining_header=header), **kwargs,  # type: ignore[arg-type]
         )
-
     return run_in_virtual_time(main())
 
 
+def stalls(hours: float, seed: int) -> list[tuple[float, float]]:
+    """A blocking call of 0.3 to 2 s roughly every 10 s (5 to 15 s apart)."""
+    rng = random.Random(seed)
+    out = []
+    t = rng.uniform(1.0, 10.0)
+    while t < hours * HOUR:
+        out.append((t, rng.uniform(0.3, 2.0)))
+        t += rng.uniform(5.0, 15.0)
+    return out
+
+
+def assert_never_over(result: SimulationResult, limits: Sequence[RateLimit]) -> None:
+    """No window ever holds more than its capacity, counted at the moment of sending."""
+    assert result.rejected == 0
+    assert window_excess(result.sends, limits) == dict.fromkeys(limits, 0)
+
+
+# --- stalls ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("refill", ["greedy", "interval"])
+def test_stalls_never_cause_a_rejection(refill: Refill) -> None:
+    """20 minutes, documented windows, stalls of 0.3-2 s every ~10 s: 0 rejections and no
+    window over capacity at the point of sending (before: 100 sends in one second)."""
+    server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=PHASES[0])
+    result = run(QuotaScheduler(), server, 1 / 3, stalls=stalls(1 / 3, 1))
+    assert_never_over(result, DOCUMENTED_LIMITS)
+    assert result.sent >= 5_000 * 4  # the 5-minute window's pace
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refill", ["greedy", "interval"])
+def test_stalls_for_two_hours(refill: Refill) -> None:
+    """The issue's figure: 2 h with stalls, random phase: 0 rejections, no window exceeded at
+    the transport, and at least 99% of the hourly window's 100,000."""
+    server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=PHASES[1])
+    result = run(QuotaScheduler(), server, 2, stalls=stalls(2, 2))
+    assert_never_over(result, DOCUMENTED_LIMITS)
+    assert result.sent >= 99_000
+
+
+# --- heavy-tailed networks ------------------------------------------------------------------
+def test_lognormal_delays_against_interval_refill() -> None:
+    """Legs of lognormal(median 30 ms, sigma 1), interval refill: 0 rejections in 30 minutes
+    (before: 2-8 per hour with a fixed margin)."""
+    server = Bucket4jBucket(DOCUMENTED_LIMITS, "interval", phase=PHASES[2])
+    result = run(QuotaScheduler(), server, 0.5, latency_s=lognormal_latency(0.03, 1.0))
+    assert_never_over(result, DOCUMENTED_LIMITS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", PHASES)
+def test_lognormal_delays_26_hours(phase: float) -> None:
+    """26 h, lognormal legs, interval refill at three phases: 0 rejections and at least 98% of
+    the phase-safe ceiling."""
+    server = Bucket4jBucket(DOCUMENTED_LIMITS, "interval", phase=phase)
+    result = run(QuotaScheduler(), server, 26, latency_s=lognormal_latency(0.03, 1.0))
+    assert_never_over(result, DOCUMENTED_LIMITS)
+    assert result.accepted >= 0.98 * sliding_ceiling(DOCUMENTED_LIMITS, PHASE_SAFE, 26 * HOUR)
+
+
+@pytest.mark.slow
+def test_pareto_delays_26_hours() -> None:
+    """26 h, legs of 20 ms x Pareto(1.5) (infinite variance): at most 1 rejection per 10,000
+    requests (measured: none)."""
+    server = Bucket4jBucket(DOCUMENTED_LIMITS, "interval", phase=PHASES[0])
+    result = run(QuotaScheduler(), server, 26, latency_s=pareto_latency(1.5, 0.02))
+    assert result.rejected <= result.sent / 10_000
+    assert result.accepted >= 0.98 * sliding_ceiling(DOCUMENTED_LIMITS, PHASE_SAFE, 26 * HOUR)
+
+
+# --- 429s -----------------------------------------------------------------------------------
+class _OneStray429(Bucket4jBucket):
+    """A greedy server that answers the n-th request 429 with header 0 (a proxy's hiccup)."""
+
+    def __init__(self, n: int | None) -> None:
+        super().__init__(DOCUMENTED_LIMITS, "greedy")
+        self._n = n
+        self._seen = 0
+
+    def try_consume(self, now: float) -> ConsumeResult:
+        self._seen += 1
+        if self._seen == self._n:
+            self.rejected += 1
+            return ConsumeResult(False, 0, 0.0)
+        return super().try_consume(now)
+
+
+@pytest.mark.parametrize(("records", "at", "seconds"), [(100, 1, 8), (1_000, 30, 30),
+                                                      (2_000, 900, 90)])
+@pytest.mark.parametrize("header", [True, False])
+def test_one_429_with_header_0_delays_a_run_by_under_3_s(
+    records: int, at: int, seconds: float, header: bool
+) -> None:
+    """The time until the N-th accepted request, with and without one 429 (header 0) at
+    request ``at``, documented windows: the 429 costs under 3 s (before: 12-95 s)."""
+    def finish(n: int | None) -> float:
+        result = run(QuotaScheduler(), _OneStray429(n), seconds / HOUR, header=header,
+                     senders=8, keep_arrivals=True)
+        return result.arrivals[records - 1]
+    delay = finish(at) - finish(None)
+    assert 0.5 <= delay < 3.0  # it does pause (header + 1 s), and not much more than that
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refill", ["greedy", "interval"])
+def test_foreign_burst_at_minute_23_costs_under_one_percent(refill: Refill) -> None:
+    """26 h; at minute 23 another client sends 50 requests a second for 10 s (greedy refill
+    gives back what a single burst takes before we notice) or 50 at once (interval refill,
+    where a foreign send is a deficit for a whole period): at least 99% of the phase-safe
+    ceiling is delivered."""
+    start = 23 * 60.0
+    burst = ([(start + k * 0.02, 1) for k in range(500)] if refill == "greedy"
+             else [(start, 50)])
+    server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=40_000.0)
+    scheduler = QuotaScheduler()
+    result = run(scheduler, server, 26, foreign=burst)
+    assert scheduler.rate_limited >= 1  # the burst did cause a 429
+    assert result.accepted >= 0.99 * sliding_ceiling(DOCUMENTED_LIMITS, PHASE_SAFE, 26 * HOUR)
+
+
+# --- the long proofs ------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("refill", ["greedy", "interval"])
 def test_sliding_26_hours_zero_rejections(refill: Refill) -> None:
     """Sliding policy: no 429 against greedy or interval refill (random phase), and at least
-    99% of what the policy itself allows over 26 hours."""
-    phase = random.Random(26).uniform(0, 86_400)
-    server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=phase)
-    scheduler = QuotaScheduler(DOCUMENTED_LIMITS, policy="sliding")
-    result = _run(scheduler, server, 26)
-    assert result.rejected == 0
+    99% of the phase-safe ceiling over 26 hours."""
+    server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=PHASES[1])
+    scheduler = QuotaScheduler()
+    result = run(scheduler, server, 26)
+    assert_never_over(result, DOCUMENTED_LIMITS)
     assert scheduler.rate_limited == 0
-    assert result.accepted == result.sent
-    ceiling = sliding_ceiling(DOCUMENTED_LIMITS, scheduler.margin, HOURS_26)
+    ceiling = sliding_ceiling(DOCUMENTED_LIMITS, PHASE_SAFE, 26 * HOUR)
     assert ceiling == 500_000  # 400,000 in the first day, then 50,000 an hour
     assert result.sent / ceiling >= 0.99
 
 
+@pytest.mark.slow
 def test_token_bucket_26_hours_zero_rejections_against_greedy() -> None:
     """Token-bucket policy: no 429 against greedy refill; at least 99% of its own maximum."""
     server = Bucket4jBucket(DOCUMENTED_LIMITS, "greedy")
-    scheduler = QuotaScheduler(DOCUMENTED_LIMITS, policy="token-bucket")
-    result = _run(scheduler, server, 26)
+    scheduler = QuotaScheduler(policy="token-bucket")
+    result = run(scheduler, server, 26)
     assert result.rejected == 0
-    ceiling = token_bucket_ceiling(DOCUMENTED_LIMITS, scheduler.margin, HOURS_26)
+    ceiling = token_bucket_ceiling(DOCUMENTED_LIMITS, scheduler.margin, 26 * HOUR)
     assert result.sent / ceiling >= 0.99
     assert result.sent > 800_000  # the daily burst plus 4.63/s refill
 
 
 def test_token_bucket_is_unsafe_against_interval_refill() -> None:
     """Why sliding is the default: a token bucket trusts refill that interval mode withholds.
-    (The scheduler recovers through 429 feedback, but it does get rejected.)"""
+    (It recovers through 429 feedback, but it does get rejected.)"""
     limits = [RateLimit(10, 1.0), RateLimit(100, 60.0)]
     server = Bucket4jBucket(limits, "interval", phase=0.5)
-    scheduler = QuotaScheduler(limits, policy="token-bucket")
-    result = _run(scheduler, server, 0.5)
+    result = run(QuotaScheduler(limits, policy="token-bucket"), server, 0.5)
     assert result.rejected > 0
 
 
@@ -76,9 +216,11 @@ def test_token_bucket_is_unsafe_against_interval_refill() -> None:
 TENTH = [RateLimit(lim.max_requests // 10, lim.period) for lim in DOCUMENTED_LIMITS]
 
 
+@pytest.mark.slow
 def test_restart_at_hour_5_keeps_zero_rejections(tmp_path: Path) -> None:
-    """State saved at hour 5 and loaded by a new scheduler after a crash: the combined run has
-    no 429. A scheduler started without the state, against the same server, is rejected."""
+    """State saved in the background during 5 hours, then a crash (no close) and a new
+    scheduler loading it: the combined run has no 429. A scheduler started without the state,
+    against a copy of the same server, is rejected."""
     path = tmp_path / "quota.sqlite3"
     server = Bucket4jBucket(TENTH, "greedy")
 
@@ -86,16 +228,17 @@ def test_restart_at_hour_5_keeps_zero_rejections(tmp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         wall = loop.time  # the virtual clock doubles as epoch time here
         first = QuotaScheduler(TENTH, store=SQLiteQuotaStore(path), wall_clock=wall)
-        before = await simulate_senders(first.reserve, server, duration_s=5 * 3600.0)
-        # a crash: no close(); the state on disk is the last periodic save
+        before = await simulate_senders(server=server, duration_s=5 * HOUR,
+                                        **scheduler_hooks(first))
+        if first._saving is not None:
+            await first._saving  # the last periodic save lands; then the process dies
         twin = copy.deepcopy(server)
         restored = QuotaScheduler(TENTH, store=SQLiteQuotaStore(path), wall_clock=wall)
         fresh = QuotaScheduler(TENTH, wall_clock=wall)
         after, control = await asyncio.gather(
-            simulate_senders(restored.reserve, server, duration_s=8 * 3600.0,
-                             on_rejected=lambda v: restored.on_rate_limited(0.0)),
-            simulate_senders(fresh.reserve, twin, duration_s=8 * 3600.0,
-                             on_rejected=lambda v: fresh.on_rate_limited(0.0), seed=1),
+            simulate_senders(server=server, duration_s=8 * HOUR, **scheduler_hooks(restored)),
+            simulate_senders(server=twin, duration_s=8 * HOUR, seed=1,
+                             **scheduler_hooks(fresh)),
         )
         return before, after, control
 
@@ -103,6 +246,6 @@ def test_restart_at_hour_5_keeps_zero_rejections(tmp_path: Path) -> None:
     assert before.sent == 25_000  # 5,000 an hour
     assert before.rejected == 0
     assert after.rejected == 0
-    assert after.sent >= 14_900  # the rest of the day's 40,000, less the charged unsaved sends
+    assert after.sent >= 14_800  # the rest of the day's 40,000, less the charged unsaved sends
     assert before.sent + after.sent <= 40_000
     assert control.rejected > 0  # without the state the daily window is overrun

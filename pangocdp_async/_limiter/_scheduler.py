@@ -1,24 +1,45 @@
-"""QuotaScheduler: one FIFO of send slots across every window, one timer, no polling.
+"""QuotaScheduler: one FIFO of senders across every window, one timer, no polling.
 
-A caller *reserves* a slot: in one synchronous step (no ``await`` between checking and taking)
-the scheduler finds the earliest time at which every window has room, records the send there in
-all windows, and the caller sleeps until then. Slots never decrease, so FIFO order falls out of
-the arithmetic; one timer wakes the head of the queue.
+The rule that makes it safe whatever the event loop, the network or the server's refill does:
+
+- a send is **stamped when it starts** (``reserve`` returns in the same step in which the caller
+  hands the request to the transport), never at a planned time: a waiter woken late, after a
+  blocking call or a GC pause, checks every window again at its real time, so a stall can never
+  release a burst;
+- until its answer is back (``complete``), a send counts in every window as *in flight*: it may
+  reach the server at any moment. Once complete it is filed at its completion time, the latest
+  moment it can have arrived. So a send occupies each window from its start until its answer
+  plus the window's span: the margin for network delay is each request's own round trip, tail
+  included, and the configured :class:`Margin` is only a floor.
+
+Waiters form one FIFO. Only the head claims; when it has claimed it wakes the next one at once
+if the windows allow, else one timer is armed for the moment they will.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from .._config import DOCUMENTED_LIMITS, Margin, RateLimit, validate_rate_limits
+from .._constants import (
+    DEFAULT_CLOCK_STEP_ALLOWANCE_S,
+    DEFAULT_MAX_RETRY_AFTER_S,
+    DEFAULT_SAVE_EVERY,
+    PAUSE_JITTER,
+    RATE_LIMIT_EPISODE_S,
+    RETRY_AFTER_PAD_S,
+)
+from .._exceptions import QuotaWaitError
 from ._store import QuotaStore
 from ._windows import SlidingWindow, TokenBucketWindow, Window
 
@@ -28,46 +49,54 @@ logger = logging.getLogger("pangocdp_async")
 
 Policy = Literal["sliding", "token-bucket"]
 
-#: After a 429 the pause is at least the server's hint plus this (the hint is truncated).
-RETRY_AFTER_PAD_S = 1.0
-#: The pause is stretched by a random fraction up to this, so clients do not resynchronise.
-PAUSE_JITTER = 0.1
-#: Save the state to the store after this many reservations (and on close).
-DEFAULT_SAVE_EVERY = 50
-STATE_VERSION = 1
+STATE_VERSION = 2
+_NEG_INF = float("-inf")
+_INF = float("inf")
 
 
 class Reservation(NamedTuple):
-    """A send slot: ``slot`` on the scheduler's clock; ``seq`` numbers reservations.
+    """A send that started: ``stamp`` is its start on the scheduler's clock, ``seq`` numbers
+    reservations. Hand it back to :meth:`QuotaScheduler.complete` when the answer is in.
 
     (A NamedTuple: one is made per request, and tuples are the cheapest immutable record.)
     """
 
-    slot: float
+    stamp: float
     seq: int
 
 
 @dataclass(slots=True)
 class _Waiter:
-    reservation: Reservation
-    future: asyncio.Future[Reservation]
+    future: asyncio.Future[None]
+    deadline: float  # on the scheduler's clock; inf for none
+    budget: float
 
 
 class QuotaScheduler:
     """Paces requests so that no window of ``limits`` is ever exceeded, for every sender sharing
-    it (pass one instance to several clients to share one quota).
+    it (pass one instance to several clients of one process to share one quota).
 
     ``policy="sliding"`` (default) allows at most C sends in any ``period + margin``: safe against
     Bucket4j greedy and interval refill at any phase. ``policy="token-bucket"`` mirrors greedy
     refill (more throughput right after idling) and is unsafe against interval refill.
 
+    Use :meth:`slot` around each request (or :meth:`reserve` and :meth:`complete`)::
+
+        async with scheduler.slot() as reservation:
+            response = await post(...)          # starts in the step in which the slot is given
+
     ``clock`` and ``sleep`` default to the running loop's clock and :func:`asyncio.sleep`;
     ``wall_clock`` (epoch seconds) is used only to save and restore state. With a ``store``, the
-    state is loaded on first use and saved every ``save_every`` reservations and on
-    :meth:`close`.
+    state is loaded on first use and saved every ``save_every`` sends and on :meth:`close`.
+
+    A 429 (:meth:`on_rate_limited`) pauses every sender for the server's hint (at most
+    ``max_retry_after``) plus one second, then lets one request through alone and the rest
+    only once it is accepted, and models windows as full, shortest first: one more window with
+    each further 429 of the same episode.
 
     >>> scheduler = QuotaScheduler(policy="sliding")          # doctest: +SKIP
-    >>> reservation = await scheduler.reserve()               # doctest: +SKIP
+    >>> async with scheduler.slot():                          # doctest: +SKIP
+    ...     await send()
     """
 
     def __init__(
@@ -81,19 +110,31 @@ class QuotaScheduler:
         wall_clock: Callable[[], float] = time.time,
         store: QuotaStore | None = None,
         save_every: int = DEFAULT_SAVE_EVERY,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
+        clock_step_allowance: float = DEFAULT_CLOCK_STEP_ALLOWANCE_S,
+        count_rejected: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         if policy not in ("sliding", "token-bucket"):
             raise ValueError(f"policy must be 'sliding' or 'token-bucket', got {policy!r}")
-        if save_every < 1:
-            raise ValueError("save_every must be >= 1")
+        if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
+            raise ValueError(f"save_every must be an int >= 1, got {save_every!r}")
+        _check_seconds("max_retry_after", max_retry_after, positive=True)
+        _check_seconds("clock_step_allowance", clock_step_allowance, positive=False)
+        if margin is not None and not isinstance(margin, Margin):
+            raise TypeError(f"margin must be a Margin, got {type(margin).__name__}")
+        if (clock is None) != (sleep is None):
+            raise ValueError("inject clock and sleep together (or neither)")
         self.limits = validate_rate_limits(limits)
         self.policy: Policy = policy
         self.margin = margin if margin is not None else Margin()
         cls = SlidingWindow if policy == "sliding" else TokenBucketWindow
         self._windows: list[Window] = [cls(lim, self.margin) for lim in self.limits]
-        if (clock is None) != (sleep is None):
-            raise ValueError("inject clock and sleep together (or neither)")
+        self.max_retry_after = float(max_retry_after)
+        self.clock_step_allowance = float(clock_step_allowance)
+        if not isinstance(count_rejected, bool):
+            raise TypeError(f"count_rejected must be a bool, got {count_rejected!r}")
+        self.count_rejected = count_rejected
         self._clock = clock
         self._injected_sleep = sleep
         self._wall_clock = wall_clock
@@ -101,14 +142,19 @@ class QuotaScheduler:
         self._save_every = save_every
         self._rng = rng if rng is not None else random.Random()
         self._loaded = store is None
-        self._last_slot = float("-inf")
-        self._paused_until = float("-inf")
-        self._pause_started = float("-inf")
+        self._in_flight: set[int] = set()
+        self._paused_until = _NEG_INF
+        self._pause_started = _NEG_INF
+        self._level = 0  # windows (shortest first) modeled full in the current 429 episode
+        self._probing = False  # after a 429: one send at a time until one is accepted
         self._waiters: deque[_Waiter] = deque()
-        self._timer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_due = _NEG_INF
         self._seq = 0
         self._unsaved = 0
+        self._saving: asyncio.Task[None] | None = None
         #: Counters, for stats and tests.
         self.reservations = 0
         self.rate_limited = 0
@@ -116,137 +162,283 @@ class QuotaScheduler:
 
     # --- time ---------------------------------------------------------------------------
     def now(self) -> float:
-        if self._clock is None:
-            self._clock = asyncio.get_running_loop().time
-        return self._clock()
+        """The scheduler's clock (the running loop's, unless one was injected)."""
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None and (self._waiters or self._in_flight):
+                raise RuntimeError(
+                    "this QuotaScheduler has senders waiting or in flight on another event "
+                    "loop; a scheduler serves one loop at a time"
+                )
+            # A new loop (a second asyncio.run): timers of the old one are gone with it.
+            self._loop = loop
+            self._handle = None
+            self._timer = None
+            self._saving = None
+        return loop
 
     # --- the reservation ------------------------------------------------------------------
-    def claim(self) -> Reservation:
-        """Reserve the next slot synchronously; the caller must not send before ``slot``.
-
-        Prefer :meth:`reserve`, which also waits. This is the atomic step: it checks and takes
-        every window at once and costs O(number of windows).
-        """
-        return self._claim(self.now())
-
-    def _claim(self, now: float) -> Reservation:
-        if not self._loaded:
-            self._load(now)
-        slot = max(now, self._last_slot, self._paused_until)
+    def _due(self, now: float) -> float:
+        """When the head of the queue may start (``-inf``: now; ``inf``: after a completion)."""
+        due = self._paused_until
+        in_flight = len(self._in_flight)
+        if self._probing and in_flight:
+            return _INF  # after a 429 pause, one request tests the water before the rest go
         for w in self._windows:
-            e = w.earliest()
-            if e > slot:
-                slot = e
-        for w in self._windows:
-            w.record(slot)
-        self._last_slot = slot
+            e = w.earliest(in_flight)
+            if e > due:
+                due = e
+        return due
+
+    def _take(self, now: float) -> Reservation:
         self._seq += 1
+        seq = self._seq
+        self._in_flight.add(seq)
         self.reservations += 1
         if self._store is not None:
             self._unsaved += 1
             if self._unsaved >= self._save_every:
-                self.save()
-        return Reservation(slot, self._seq)
+                self._save_soon()
+        return Reservation(now, seq)
 
-    async def reserve(self) -> Reservation:
-        """Wait for a send slot in FIFO order and return it.
+    def try_reserve(self) -> Reservation | None:
+        """Start a send now if the windows allow it and nobody is queued, else ``None``.
 
-        The slot is recorded as a send in every window even if the caller is cancelled while
-        waiting (nothing is refunded: the count only errs on the safe side).
+        The send must begin in the same step (no ``await`` between this call and handing the
+        request to the transport), and be passed to :meth:`complete` when its answer is in.
         """
         now = self.now()
-        reservation = self._claim(now)
-        if reservation.slot <= now:
-            return reservation
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Reservation] = loop.create_future()
-        self._waiters.append(_Waiter(reservation, future))
-        if self._injected_sleep is None:
-            if self._handle is None:
-                self._arm(loop)
-        elif self._timer is None or self._timer.done():
-            self._timer = asyncio.ensure_future(self._run_timer())
-        return await future
+        if not self._loaded:
+            self._load()
+        if not self._waiters and self._due(now) <= now:
+            return self._take(now)
+        return None
+
+    async def reserve(self, *, max_wait: float | None = None) -> Reservation:
+        """Wait for a send slot in FIFO order; the send starts when this returns.
+
+        The caller must hand its request to the transport without awaiting anything else first,
+        and pass the reservation to :meth:`complete` when the answer (or an error) is in.
+
+        ``max_wait`` (seconds): raise :class:`QuotaWaitError` instead of waiting past it, at once
+        if the scheduler already knows the slot is further away (a 429 pause, spent windows), or
+        as soon as a 429 pushes it out while waiting. Cancelling a waiter returns at once; a
+        cancelled waiter takes nothing.
+        """
+        loop = self._bind_loop()
+        now = self.now()
+        if not self._loaded:
+            self._load()
+        waiters = self._waiters
+        if not waiters and self._due(now) <= now:
+            return self._take(now)
+        deadline = _INF
+        budget = _INF
+        if max_wait is not None:
+            budget = float(max_wait)
+            deadline = now + budget
+            expected = self._due(now)
+            # (inf means "after a send in flight completes": no known wait to refuse on.)
+            if deadline < expected < _INF:
+                raise QuotaWaitError(retry_after=expected - now, budget=budget)
+        waiter = _Waiter(loop.create_future(), deadline, budget)
+        waiters.append(waiter)
+        if len(waiters) == 1:
+            self._wake_head(now)
+        try:
+            while True:
+                await waiter.future
+                now = self.now()
+                if self._due(now) <= now:
+                    waiters.popleft()  # we are the head: the only one ever woken
+                    reservation = self._take(now)
+                    self._wake_head(now)
+                    return reservation
+                # Woken, but the windows changed meanwhile (a 429, a stall's catch-up): wait
+                # again, still at the head.
+                waiter.future = loop.create_future()
+                self._wake_head(now)
+        except BaseException:
+            was_head = bool(waiters) and waiters[0] is waiter
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+            if was_head:
+                self._wake_head(self.now())
+            raise
+
+    def complete(
+        self, reservation: Reservation, *, counted: bool = True, rejected: bool = False
+    ) -> None:
+        """The answer to ``reservation``'s request is in (or it failed): file the send at now.
+
+        Two outcomes give the slot back, because the server certainly did not count them:
+        ``counted=False``, a request that never left (the connection could not be opened), and
+        ``rejected=True``, a 429 (Bucket4j takes no token from a rejected request; pass
+        ``count_rejected=True`` to the constructor for a server that does). Anything else is
+        counted, cancelled and timed-out requests included: a refund that might be wrong could
+        make the model less safe. Completing a reservation twice, or one from before
+        :meth:`import_state`, does nothing.
+        """
+        try:
+            self._in_flight.remove(reservation.seq)
+        except KeyError:
+            return
+        now = self.now()
+        if counted and (self.count_rejected or not rejected):
+            for w in self._windows:
+                w.expire(now)  # amortized O(1): keeps memory bounded on the recording path
+                w.record(now)
+        if not rejected and counted and reservation.stamp > self._pause_started:
+            self._probing = False  # a send after the pause got through: everyone may go
+        if self._waiters and self._loop is not None:
+            self._wake_head(now)
+
+    @asynccontextmanager
+    async def slot(self, *, max_wait: float | None = None) -> AsyncIterator[Reservation]:
+        """``async with scheduler.slot(): await send()``: :meth:`reserve`, then
+        :meth:`complete` when the block exits, however it exits."""
+        reservation = await self.reserve(max_wait=max_wait)
+        try:
+            yield reservation
+        finally:
+            self.complete(reservation)
 
     def has_capacity(self) -> bool:
         """Whether a reservation made now would not have to wait."""
         now = self.now()
-        if max(self._last_slot, self._paused_until) > now:
-            return False
-        return all(w.earliest() <= now for w in self._windows)
+        return not self._waiters and self._due(now) <= now
 
-    def _release_due(self, now: float) -> float | None:
-        """Wake every waiter whose slot has come; return when the next one is due."""
+    # The timer: on the loop's own clock one TimerHandle (cheapest); with an injected clock and
+    # sleep, one task that sleeps until the head is due. Either way at most one is armed.
+    def _wake_head(self, now: float) -> None:
         waiters = self._waiters
-        while waiters:
-            w = waiters[0]
-            if not w.future.done():  # a done future was cancelled while waiting
-                due = max(w.reservation.slot, self._paused_until)
-                if due > now:
-                    return due
-                w.future.set_result(w.reservation)
-            waiters.popleft()
-        return None
+        if not waiters:
+            self._disarm()
+            return
+        head = waiters[0]
+        if head.future.done():
+            return  # already woken; it will claim (or re-arm) when it runs
+        due = self._due(now)
+        if due <= now:
+            self._disarm()
+            head.future.set_result(None)
+            return
+        if due == _INF:
+            self._disarm()  # a completion will wake it
+            return
+        if due == self._timer_due and (self._handle is not None or self._timer is not None):
+            return
+        self._disarm()
+        self._timer_due = due
+        loop = self._loop
+        assert loop is not None
+        if self._injected_sleep is None:
+            self._handle = loop.call_at(due, self._on_timer)
+        else:
+            self._timer = loop.create_task(self._sleep_until(due))
 
-    # Two interchangeable timers: on the loop's own clock one TimerHandle (cheapest); with an
-    # injected clock and sleep, one task that sleeps until the head is due.
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        due = self._release_due(self.now())
-        self._handle = None if due is None else loop.call_at(due, self._on_timer, loop)
+    def _disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._timer is not None:
+            if self._timer is not asyncio.current_task():
+                self._timer.cancel()
+            self._timer = None
+        self._timer_due = _NEG_INF
 
-    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _on_timer(self) -> None:
         self._handle = None
-        self._arm(loop)
+        self._timer_due = _NEG_INF
+        self._wake_head(self.now())
 
-    async def _run_timer(self) -> None:
+    async def _sleep_until(self, due: float) -> None:
         sleep = self._injected_sleep
         assert sleep is not None
-        while (due := self._release_due(self.now())) is not None:
-            await sleep(due - self.now())
+        await sleep(max(0.0, due - self.now()))
+        self._timer = None
+        self._timer_due = _NEG_INF
+        self._wake_head(self.now())
 
     # --- feedback from the server -----------------------------------------------------------
     def on_rate_limited(
         self, retry_after: float | None, reservation: Reservation | None = None
     ) -> float:
-        """A 429 arrived: the model was wrong. Pause every sender and treat the windows as drained.
+        """A 429 arrived: the model was wrong (another client spends the same quota, or the
+        server counts differently). Returns the end of the pause on the scheduler's clock.
 
-        The pause lasts at least ``max(retry_after + 1 s, the model's own wait)``, stretched by up
-        to 10% at random. A 429 for a request sent before the current pause began belongs to the
-        same episode and is only counted. Returns the pause end on the scheduler's clock.
+        - Every sender, queued ones included, pauses for ``retry_after`` (capped at
+          ``max_retry_after``; absent means 0) plus one second, stretched by up to 10%.
+        - After the pause one request goes alone and the others follow once it is accepted (a
+          probe: a server still refusing costs one rejection, not one per sender).
+        - Windows are modeled as exactly full at the 429, refilling at their own pace: the
+          shortest window for the first 429 of an episode, one more window for each further one
+          (429s less than five minutes apart). A full model never adds to the sends on record,
+          so repeated 429s cannot stack up pauses.
+        - A 429 for a request started before the current pause began belongs to the same
+          episode and is only counted.
+        - Queued requests whose ``max_wait`` ends before the pause does fail at once with
+          :class:`QuotaWaitError`.
         """
         now = self.now()
         self.rate_limited += 1
-        if reservation is not None and reservation.slot <= self._pause_started:
+        if reservation is not None and reservation.stamp <= self._pause_started:
             return self._paused_until
+        hint = 0.0 if retry_after is None else float(retry_after)
+        if not math.isfinite(hint) or hint < 0:
+            hint = 0.0
+        if hint > self.max_retry_after:
+            logger.warning(
+                "429 says retry after %.0f s; capping the pause at max_retry_after=%.0f s",
+                hint, self.max_retry_after,
+            )
+            hint = self.max_retry_after
+        episode_continues = now - max(self._pause_started, self._paused_until) <= (
+            RATE_LIMIT_EPISODE_S
+        )
+        self._level = min(self._level + 1, len(self._windows)) if episode_continues else 1
+        for w in self._windows[: self._level]:
+            w.fill(now)
+        pause = (hint + RETRY_AFTER_PAD_S) * (1.0 + self._rng.uniform(0.0, PAUSE_JITTER))
+        self._pause_started = now
+        self._paused_until = max(self._paused_until, now + pause)
+        self._probing = True
         logger.warning(
             "PangoCDP answered 429 (retry-after %s): the quota model was wrong or another client "
-            "shares the quota; pausing all senders",
+            "shares the quota; pausing all senders for %.1f s, modeling the %s as full",
             "absent" if retry_after is None else f"{retry_after:g} s",
+            self._paused_until - now,
+            ", ".join(f"{w.capacity}/{w.limit.period:g}s" for w in self._windows[: self._level]),
         )
-        for w in self._windows:
-            w.drain(now)
-        model_wait = max([0.0, *(w.earliest() - now for w in self._windows)])
-        base = max((retry_after or 0.0) + RETRY_AFTER_PAD_S, model_wait)
-        until = now + base * (1.0 + self._rng.uniform(0.0, PAUSE_JITTER))
-        self._pause_started = now
-        self._paused_until = max(self._paused_until, until)
-        # Queued senders would now send later than their recorded slots: give them new slots
-        # after the pause (their old ones stay counted, which only errs on the safe side).
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.reservation = self.claim()
+        for waiter in list(self._waiters):
+            if waiter.deadline < self._paused_until and not waiter.future.done():
+                waiter.future.set_exception(
+                    QuotaWaitError(retry_after=self._paused_until - now, budget=waiter.budget)
+                )
+        if self._waiters and self._loop is not None:
+            self._wake_head(now)
         return self._paused_until
 
-    def on_remaining(self, remaining: int, round_trip: float = 0.0) -> int:
+    def on_remaining(self, remaining: int, reservation: Reservation | None = None) -> int:
         """``X-Rate-Limit-Remaining`` from a success. It may only tighten the model.
 
-        The server's number is the smallest token count over its windows. Our own sends in the
-        window (widened by the request's round trip) bound what the server can have counted; if it
-        reports less, somebody else spends the same quota: each window is charged the
-        difference. Returns the number of sends charged.
+        The server's number is the smallest token count over its windows. Our own sends since
+        ``reservation`` started (its round trip) and those still in flight may or may not be in
+        the server's count, so they are counted as ours; if the server reports less than that
+        leaves, somebody else spends the same quota: each window is charged the difference.
+        Returns the number of sends charged.
         """
         now = self.now()
-        model = min(w.remaining(now, round_trip) for w in self._windows) if self._windows else 0
+        lookback = 0.0 if reservation is None else max(0.0, now - reservation.stamp)
+        in_flight = len(self._in_flight)
+        model = min(
+            (w.remaining(now, lookback) for w in self._windows), default=remaining
+        ) - in_flight
         deficit = model - remaining
         if deficit <= 0:
             return 0
@@ -257,98 +449,171 @@ class QuotaScheduler:
         )
         for w in self._windows:
             w.add_phantoms(now, deficit)
+        if self._waiters and self._loop is not None:
+            self._wake_head(now)
         return deficit
 
     def drain(self) -> None:
-        """Assume every window is exhausted now (for a cold start with a quota used elsewhere)."""
+        """Model every window as full now, refilling at its own pace (a cold start while the
+        quota may have been used elsewhere)."""
         now = self.now()
         for w in self._windows:
-            w.drain(now)
+            w.fill(now)
 
     # --- state -------------------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
-        """A JSON-able snapshot, with times in epoch seconds so another process can load it."""
+        """A JSON-able snapshot, with times in epoch seconds so another process can load it.
+
+        Bounded whatever the run's length (a few tens of KiB for the documented windows): times
+        are whole milliseconds, delta-encoded. Sends in flight are filed at the save time.
+        """
         now = self.now()
-        to_wall = self._wall_clock() - now
+        wall = self._wall_clock()
+        to_wall = wall - now
+        in_flight = len(self._in_flight)
+        windows = []
+        for w in self._windows:
+            w.expire(now)
+            saved = w.export(to_wall)
+            windows.append(saved)
         return {
             "version": STATE_VERSION,
             "policy": self.policy,
-            "saved_at": now + to_wall,
-            "unsaved_limit": self._save_every,
+            "saved_at": wall,
+            "in_flight": in_flight,
+            "unsaved_limit": 2 * self._save_every,
             "paused_until": (
                 self._paused_until + to_wall if math.isfinite(self._paused_until) else None
             ),
-            "windows": [w.export(to_wall) for w in self._windows],
+            "pause_started": (
+                self._pause_started + to_wall if math.isfinite(self._pause_started) else None
+            ),
+            "level": self._level,
+            "windows": windows,
         }
 
     def import_state(self, state: dict[str, Any]) -> None:
         """Load a snapshot from :meth:`export_state` (possibly of another process).
 
-        Windows are matched by capacity and period; unknown ones are ignored. Reservations made
-        after the snapshot and before a crash were not saved: up to ``unsaved_limit`` of them are
-        charged now, which errs on the safe side.
+        The wall clock may have been stepped between save and load. Saved times are read as if
+        it moved forward by up to ``clock_step_allowance`` more than it shows, so a forward step
+        that large cannot make old sends look older than they are; and nothing is placed after
+        now, so a backward step never blocks longer than a window's own span. Sends in flight at
+        the save, and up to ``unsaved_limit`` sends made after it and before a crash, are charged
+        at once: the count errs on the safe side. Windows are matched by capacity and period;
+        unknown ones are ignored.
         """
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported quota state version {state.get('version')!r}")
         now = self.now()
-        to_local = now - self._wall_clock()
+        saved_at = float(state["saved_at"])
+        elapsed = self._wall_clock() - saved_at  # what the wall clock shows; may be stepped
+        believed = max(0.0, elapsed - self.clock_step_allowance)
+        to_local = (now - believed) - saved_at  # saved_at maps to now - believed, never later
         saved = {(int(s["max_requests"]), float(s["period"])): s for s in state["windows"]}
-        unsaved = int(state.get("unsaved_limit", 0))
+        charge = int(state.get("in_flight", 0)) + int(state.get("unsaved_limit", 0))
         for w in self._windows:
             window_state = saved.get((w.capacity, w.limit.period))
             if window_state is not None:
-                w.restore(window_state, to_local)
-            w.add_phantoms(now, unsaved)
-        paused = state.get("paused_until")
-        if paused is not None:
-            self._paused_until = max(self._paused_until, float(paused) + to_local)
+                w.restore(window_state, to_local, now)
+            w.add_phantoms(now, charge)
+        for key, attr in (("paused_until", "_paused_until"), ("pause_started", "_pause_started")):
+            value = state.get(key)
+            if value is not None:
+                # A pause keeps its length from the save on, read with the same allowance.
+                setattr(self, attr, max(getattr(self, attr), float(value) + to_local))
+        self._level = max(self._level, int(state.get("level", 0)))
         self._loaded = True
 
-    def _load(self, now: float) -> None:
+    def _load(self) -> None:
         self._loaded = True
-        assert self._store is not None
-        state = self._store.load()
-        if state is None:
-            logger.info("no saved quota state: assuming the server's windows are full")
+        store = self._store
+        assert store is not None
+        try:
+            state = store.load()
+            if state is None:
+                logger.info("no saved quota state: assuming the server's windows are full")
+                return
+            self.import_state(state)
+        except Exception as exc:  # corrupt or foreign: never crash a request over it
+            logger.warning(
+                "could not read the saved quota state from %r (%s: %s); starting as if every "
+                "window were full", store, type(exc).__name__, exc,
+            )
+            self.drain()
             return
-        self.import_state(state)
-        logger.info("restored quota state saved %.0f s ago", self._wall_clock() - state["saved_at"])
+        logger.info("restored quota state saved %.0f s ago",
+                    self._wall_clock() - float(state["saved_at"]))
 
-    def save(self, *, clean: bool = False) -> None:
-        """Write the state to the store now. ``clean=True`` (on close) marks that no reservation
-        after it is missing."""
+    def _save_soon(self) -> None:
+        """Save in the background: the snapshot is taken now (bounded, cheap); encoding and
+        writing run in a thread, one save at a time, so the loop is never held up by the disk."""
+        if self._saving is not None and not self._saving.done():
+            return  # the next save comes after the next save_every sends
+        self._unsaved = 0
+        state = self.export_state()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # try_reserve() outside a loop: write in place
+            assert self._store is not None
+            self._store.save(state)
+            return
+        self._saving = loop.create_task(self._write(state))
+
+    async def _write(self, state: dict[str, Any]) -> None:
+        store = self._store
+        assert store is not None
+        try:
+            await asyncio.to_thread(store.save, state)
+        except Exception as exc:
+            logger.warning("could not save the quota state to %r: %s", store, exc)
+
+    async def save(self, *, clean: bool = False) -> None:
+        """Write the state to the store now (after any save already under way). ``clean=True``
+        (on close) marks that no send after it is missing."""
         if self._store is None:
             return
+        if self._saving is not None and not self._saving.done():
+            await asyncio.shield(self._saving)
         state = self.export_state()
         if clean:
             state["unsaved_limit"] = 0
-        self._store.save(state)
         self._unsaved = 0
+        await self._write(state)
 
     async def close(self) -> None:
         """Stop the timer, fail queued waiters with CancelledError, save the state."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._disarm()
         while self._waiters:
             self._waiters.popleft().future.cancel()
         if self._store is not None and self._loaded:
-            self.save(clean=True)
+            await self.save(clean=not self._in_flight)
 
     # --- introspection -----------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Sends started and not yet completed."""
+        return len(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        """Senders queued for a slot."""
+        return len(self._waiters)
+
     def window_usage(self) -> list[tuple[RateLimit, int]]:
-        """Sends counted in each window now."""
+        """Sends counted in each window now (in flight included)."""
         now = self.now()
-        return [(w.limit, w.used(now)) for w in self._windows]
+        in_flight = len(self._in_flight)
+        return [(w.limit, w.used(now) + in_flight) for w in self._windows]
 
     def next_free(self) -> float:
-        """Seconds from now until a new reservation's slot (0 if it could go now)."""
+        """Seconds from now until a new send could start (0 if now; inf until a completion)."""
         now = self.now()
-        slot = max(now, self._last_slot, self._paused_until, *(w.earliest() for w in self._windows))
-        return slot - now
+        return max(0.0, self._due(now) - now)
+
+    def memory_entries(self) -> int:
+        """Entries the windows hold in memory (bounded whatever the run's length)."""
+        return sum(w.entries() for w in self._windows)
 
     def __repr__(self) -> str:
         try:
@@ -357,11 +622,21 @@ class QuotaScheduler:
             windows = ", ".join(f"{w.capacity}/{w.limit.period:g}s" for w in self._windows)
             return f"QuotaScheduler(policy={self.policy!r}, windows=[{windows}])"
         usage = ", ".join(
-            f"{w.capacity}/{w.limit.period:g}s: {w.used(now)} used" for w in self._windows
+            f"{lim.max_requests}/{lim.period:g}s: {used} used"
+            for lim, used in self.window_usage()
         )
         paused = max(0.0, self._paused_until - now)
         return (
             f"QuotaScheduler(policy={self.policy!r}, windows=[{usage}], "
-            f"next_free=+{self.next_free():.3f}s, waiters={len(self._waiters)}, "
-            f"paused={paused:.3f}s, rate_limited={self.rate_limited})"
+            f"next_free=+{self.next_free():.3f}s, in_flight={len(self._in_flight)}, "
+            f"waiters={len(self._waiters)}, paused={paused:.3f}s, "
+            f"rate_limited={self.rate_limited})"
         )
+
+
+def _check_seconds(name: str, value: object, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")

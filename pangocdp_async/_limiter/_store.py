@@ -1,4 +1,4 @@
-"""Where the scheduler's state survives a restart: a small SQLite table (stdlib sqlite3)."""
+"""Where one scheduler's state survives a restart: a small SQLite table (stdlib sqlite3)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,15 @@ class QuotaStore(Protocol):
 
 
 class SQLiteQuotaStore:
-    """Keeps scheduler state in table ``quota_state`` of a SQLite file, one row per ``key``.
+    """Keeps one scheduler's state in table ``quota_state`` of a SQLite file, one row per
+    ``key``, so that the scheduler of a restarted process knows what its predecessor sent.
 
-    Use one key per quota (per API key): two processes that share a key share a quota. The file
-    can hold other tables (the CLI keeps its journal in the same file).
+    It persists; it does **not** share. Each process paces on its own in-memory model and the
+    store only receives snapshots of it (every few dozen sends and on close), so two processes
+    given the same file and key each believe they own the whole quota and overwrite each other's
+    snapshots: together they can send twice what a window allows. Give each process its own key
+    (or file), and split the quota between processes with ``rate_limits`` if they must run at
+    once. The file can hold other tables.
     """
 
     def __init__(self, path: str | Path, *, key: str = "default") -> None:

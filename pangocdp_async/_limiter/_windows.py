@@ -1,19 +1,32 @@
 """The per-window bookkeeping of the two policies. Synchronous and pure: time is an argument.
 
-Both classes answer the same questions for one window (``earliest``: when may the next send go;
-``record``: a send happens at ``t``) so the scheduler can reserve across all windows in one step.
-Times passed to ``record`` never decrease.
+Both classes answer the same questions for one window, so the scheduler can check and take all
+windows in one step:
+
+- ``earliest(in_flight)``: when may one more send start, given the completed sends on record and
+  ``in_flight`` sends whose answers have not come back yet (they may reach the server at any
+  moment, so they count as "now" until they complete);
+- ``record(t)``: a send completed at ``t`` (its answer arrived, so it reached the server at
+  ``t`` at the latest). Times passed to ``record`` never decrease;
+- ``fill(now)``: the server said the window is empty (a 429): model it as exactly full now,
+  refilling at the window's own pace, *without* adding to what is already on record.
+
+Memory is bounded whatever the run's length: expired sends are dropped on the recording path
+(amortized O(1) per send), and windows above :data:`EXACT_MAX_CAPACITY` count sends in
+:data:`BUCKETS_PER_WINDOW` buckets.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .._config import Margin, RateLimit
 
-__all__ = ["SlidingWindow", "TokenBucketWindow", "Window"]
+__all__ = ["BUCKETS_PER_WINDOW", "EXACT_MAX_CAPACITY", "LOOKBACK_MAX_S", "SlidingWindow",
+           "TokenBucketWindow", "Window"]
 
 # Windows up to this capacity keep one timestamp per send; larger ones count sends in buckets.
 EXACT_MAX_CAPACITY = 1_000
@@ -21,10 +34,19 @@ EXACT_MAX_CAPACITY = 1_000
 # bucket (later than it happened, so the count errs on the safe side) and costs at most
 # 1/BUCKETS_PER_WINDOW of the window's throughput.
 BUCKETS_PER_WINDOW = 1_000
-# Compact the lists once this many expired entries sit at their front.
-_COMPACT_AFTER = 4_096
+# Drop expired entries from the front of the lists once this many have piled up there (and
+# they are at least half the list): amortized O(1), memory at most about twice the live part.
+_COMPACT_AFTER = 1_024
+# Sends stay on record this long after leaving a window, so that a server's count can be
+# compared with ours over the window widened by a request's round trip (capped at this).
+LOOKBACK_MAX_S = 5.0
+# Saved times are whole milliseconds, rounded up (later is the safe side).
+_MS = 1000.0
 
 _NEG_INF = float("-inf")
+_INF = float("inf")
+
+Pairs = list[tuple[float, int]]
 
 
 class Window(Protocol):
@@ -32,25 +54,51 @@ class Window(Protocol):
     capacity: int
     span: float
 
-    def earliest(self) -> float: ...
+    def earliest(self, in_flight: int = 0) -> float: ...
     def record(self, t: float, n: int = 1) -> None: ...
+    def expire(self, now: float) -> None: ...
     def remaining(self, now: float, lookback: float = 0.0) -> int: ...
     def used(self, now: float) -> int: ...
-    def drain(self, now: float) -> None: ...
+    def fill(self, now: float) -> None: ...
     def add_phantoms(self, t: float, n: int) -> None: ...
+    def entries(self) -> int: ...
     def export(self, to_wall: float) -> dict[str, Any]: ...
-    def restore(self, state: dict[str, Any], to_local: float) -> None: ...
+    def restore(self, state: dict[str, Any], to_local: float, now: float) -> None: ...
+
+
+def _max_merge(a: Sequence[tuple[float, int]], b: Sequence[tuple[float, int]]) -> Pairs:
+    """The send history whose count over every suffix ``[x, inf)`` is the larger of ``a``'s and
+    ``b``'s: what both histories together allow, without counting a send twice."""
+    out: Pairs = []
+    ia, ib = len(a) - 1, len(b) - 1
+    sa = sb = prev = 0
+    while ia >= 0 or ib >= 0:
+        t = max(a[ia][0] if ia >= 0 else _NEG_INF, b[ib][0] if ib >= 0 else _NEG_INF)
+        while ia >= 0 and a[ia][0] >= t:
+            sa += a[ia][1]
+            ia -= 1
+        while ib >= 0 and b[ib][0] >= t:
+            sb += b[ib][1]
+            ib -= 1
+        m = max(sa, sb)
+        if m > prev:
+            out.append((t, m - prev))
+            prev = m
+    out.reverse()
+    return out
 
 
 class SlidingWindow:
     """At most ``capacity`` sends in any interval of ``span`` seconds (period plus margin).
 
-    A new send at ``s`` is allowed once the ``capacity``-th most recent send is ``span`` old.
-    That rule is safe against a Bucket4j bucket at any phase, greedy or interval: in both, a
-    server token spent at time ``t`` is back by ``t + period`` at the latest.
+    A new send may start once fewer than ``capacity`` sends, in flight or completed within the
+    last ``span``, would share a window with it. Completed sends are filed at their completion
+    time, the latest moment they can have reached the server, so arrival jitter of any size is
+    covered; that rule is safe against a Bucket4j bucket at any phase, greedy or interval: in
+    both, a server token spent at time ``t`` is back by ``t + period`` at the latest.
 
     Storage: parallel lists of send times (or bucket end times) and *cumulative* send counts, so
-    "the capacity-th most recent send" and "sends in (a, b]" are each one bisection.
+    "the k-th most recent send" and "sends after x" are each one bisection.
     """
 
     __slots__ = ("_base", "_cum", "_head", "_times", "bucket", "capacity", "limit", "span")
@@ -68,10 +116,11 @@ class SlidingWindow:
         self._base = 0  # cumulative count just before _head
 
     def __repr__(self) -> str:
-        return f"SlidingWindow({self.capacity}/{self.limit.period:g}s, entries={self._live()})"
+        return f"SlidingWindow({self.capacity}/{self.limit.period:g}s, entries={self.entries()})"
 
-    def _live(self) -> int:
-        return len(self._times) - self._head
+    def entries(self) -> int:
+        """Entries held in memory (live or awaiting compaction)."""
+        return len(self._times)
 
     def _key(self, t: float) -> float:
         b = self.bucket
@@ -79,11 +128,14 @@ class SlidingWindow:
             return t
         return math.ceil(t / b) * b
 
-    def earliest(self) -> float:
+    def earliest(self, in_flight: int = 0) -> float:
+        room = self.capacity - in_flight  # sends on record that may share the new one's window
+        if room <= 0:
+            return _INF  # only a completion can make room
         cum = self._cum
-        if not cum or cum[-1] - self._base < self.capacity:
+        if not cum or cum[-1] - self._base < room:
             return _NEG_INF
-        i = bisect_left(cum, cum[-1] - self.capacity + 1, self._head)
+        i = bisect_left(cum, cum[-1] - room + 1, self._head)
         return self._times[i] + self.span
 
     def record(self, t: float, n: int = 1) -> None:
@@ -97,70 +149,78 @@ class SlidingWindow:
             self._cum.append((self._cum[-1] if self._cum else self._base) + n)
 
     def expire(self, now: float) -> None:
-        i = bisect_right(self._times, now - self.span, self._head)
-        if i > self._head:
-            self._base = self._cum[i - 1]
-            self._head = i
-            if i >= _COMPACT_AFTER and 2 * i >= len(self._times):
-                del self._times[:i]
-                del self._cum[:i]
-                self._head = 0
+        """Forget sends that left the window more than :data:`LOOKBACK_MAX_S` ago. Amortized
+        O(1): each entry is passed once."""
+        times = self._times
+        h = self._head
+        limit = now - self.span - LOOKBACK_MAX_S
+        n = len(times)
+        if h >= n or times[h] > limit:
+            return
+        h = bisect_right(times, limit, h) if n - h > 64 else h
+        while h < n and times[h] <= limit:
+            h += 1
+        self._base = self._cum[h - 1]
+        self._head = h
+        if h >= _COMPACT_AFTER and 2 * h >= n:
+            del times[:h]
+            del self._cum[:h]
+            self._head = 0
 
-    def _count_until(self, t: float) -> int:
-        # A bucketed send is filed under its bucket's end, which may lie past ``t``.
-        j = bisect_right(self._times, t + self.bucket, self._head)
-        return (self._cum[j - 1] if j > self._head else self._base) - self._base
+    def _count_after(self, t: float) -> int:
+        """Sends on record filed after ``t``."""
+        cum = self._cum
+        if not cum:
+            return 0
+        j = bisect_right(self._times, t, self._head)
+        return cum[-1] - (cum[j - 1] if j > self._head else self._base)
 
     def used(self, now: float) -> int:
-        """Sends counted in (now - span, now]."""
-        self.expire(now)
-        return self._count_until(now)
+        """Sends on record in (now - span, now] (bucketed ones filed up to a bucket later)."""
+        return self._count_after(now - self.span)
 
     def remaining(self, now: float, lookback: float = 0.0) -> int:
-        """Capacity left at ``now`` counting every send since ``now - span - lookback``."""
-        self.expire(now - lookback)
-        return self.capacity - self._count_until(now)
+        """Capacity left at ``now`` counting every send on record since ``now - span -
+        lookback`` (``lookback`` at most :data:`LOOKBACK_MAX_S`)."""
+        return self.capacity - self._count_after(now - self.span - min(lookback, LOOKBACK_MAX_S))
 
-    def drain(self, now: float) -> None:
-        """Assume the server's window is exhausted at ``now`` and refilling steadily.
-
-        The history becomes the union of what it was and ``capacity`` phantom sends spread
-        evenly over the last period, so the next send is allowed ``period / capacity`` after now
-        (plus margin) and the pace stays at the window's long-run rate until it slides out.
-        """
-        self.expire(now)
-        pairs = self._pairs()
-        period = self.limit.period
-        start = now - period
-        step = period / self.capacity
-        phantoms: dict[float, int] = {}
+    def _phantoms(self, now: float) -> Pairs:
+        """A full window at ``now`` refilling at its own pace: ``capacity`` sends that leave it
+        one every ``span / capacity`` seconds from ``now`` on (the k-th at ``now + k * step``)."""
+        c = self.capacity
+        step = self.span / c
+        start = now - self.span
         if self.bucket == 0.0:
-            for k in range(1, self.capacity + 1):
-                phantoms[start + k * step] = 1
-        else:
-            first = math.ceil(start / self.bucket)
-            last = math.ceil(now / self.bucket)
-            done = 0
-            for j in range(first, last + 1):
-                key = j * self.bucket
-                total = min(self.capacity, max(0, math.floor((key - start) / step)))
-                if total > done:
-                    phantoms[key] = total - done
-                    done = total
-            if done < self.capacity:
-                key = last * self.bucket
-                phantoms[key] = phantoms.get(key, 0) + self.capacity - done
-        for t, n in pairs:
-            phantoms[t] = phantoms.get(t, 0) + n
-        self._reset(sorted(phantoms.items()))
+            return [(start + k * step, 1) for k in range(1, c + 1)]
+        # Bucketed: count the phantoms falling in each bucket, filed at the bucket's end.
+        b = self.bucket
+        out: Pairs = []
+        done = 0
+        j = math.ceil((start + step) / b)
+        last = math.ceil(now / b)
+        while j <= last and done < c:
+            key = j * b
+            total = c if j == last else min(c, max(0, math.floor((key - start) / step)))
+            if total > done:
+                out.append((key, total - done))
+                done = total
+            j += 1
+        return out
+
+    def fill(self, now: float) -> None:
+        """Model the window as exactly full at ``now``: the history becomes, over every suffix,
+        the larger of the sends on record and a full window refilling at its own pace. Filling
+        twice never counts more than a full window."""
+        self.expire(now)
+        self._reset(_max_merge(self._pairs(), self._phantoms(now)))
 
     def add_phantoms(self, t: float, n: int) -> None:
         """Count ``n`` sends that others made (or that went unrecorded) at ``t`` or later."""
         if n > 0:
-            tail = self._times[-1] if self._live() else t
+            tail = self._times[-1] if len(self._times) > self._head else t
             self.record(max(t, tail), n)
 
-    def _pairs(self) -> list[tuple[float, int]]:
+    def _pairs(self) -> Pairs:
         out = []
         prev = self._base
         for i in range(self._head, len(self._times)):
@@ -168,7 +228,7 @@ class SlidingWindow:
             prev = self._cum[i]
         return out
 
-    def _reset(self, pairs: list[tuple[float, int]]) -> None:
+    def _reset(self, pairs: Sequence[tuple[float, int]]) -> None:
         self._times = []
         self._cum = []
         self._head = 0
@@ -180,25 +240,47 @@ class SlidingWindow:
             self._cum.append(total)
 
     def export(self, to_wall: float) -> dict[str, Any]:
-        return {
-            "max_requests": self.capacity,
-            "period": self.limit.period,
-            "sends": [[t + to_wall, n] for t, n in self._pairs()],
-        }
+        """Bounded and compact: whole milliseconds (rounded up), delta-encoded."""
+        ms: list[int] = []
+        counts: list[int] = []
+        prev = 0
+        for t, n in self._pairs():
+            tick = math.ceil((t + to_wall) * _MS)
+            if ms and tick <= prev:
+                counts[-1] += n
+                continue
+            ms.append(tick - prev)
+            counts.append(n)
+            prev = tick
+        return {"max_requests": self.capacity, "period": self.limit.period,
+                "ms": ms, "n": counts}
 
-    def restore(self, state: dict[str, Any], to_local: float) -> None:
-        if "sends" in state:
-            self._reset([(float(t) + to_local, int(n)) for t, n in state["sends"]])
-        else:  # saved by the token-bucket policy: its deficit, counted at the save time
+    def restore(self, state: dict[str, Any], to_local: float, now: float) -> None:
+        """Load an export (of either policy), with every send moved to ``now`` at the latest."""
+        pairs: Pairs = []
+        if "ms" in state:
+            tick = 0
+            for delta, n in zip(state["ms"], state["n"], strict=True):
+                tick += int(delta)
+                pairs.append((min(now, tick / _MS + to_local), int(n)))
+        elif state.get("at") is not None:  # saved by the token-bucket policy: its deficit
             used = self.capacity - math.floor(float(state["tokens"]))
-            self._reset([])
-            self.add_phantoms(float(state["at"]) + to_local, max(0, used))
+            if used > 0:
+                pairs.append((min(now, float(state["at"]) + to_local), used))
+        self._reset([])
+        for t, n in pairs:
+            self.record(t, n)
 
 
 class TokenBucketWindow:
     """Mirrors one Bucket4j bandwidth with greedy refill: ``capacity`` tokens, refilled
     continuously over ``span`` seconds (period plus margin, so the client refills slower than
-    the server). Starts full, like the server's bucket."""
+    the server). Starts full, like the server's bucket.
+
+    A send in flight holds a token without spending it; it is spent at completion, the latest
+    moment the server can have taken it. Spending later never leaves the model with more tokens
+    than the server, so arrival jitter is covered.
+    """
 
     __slots__ = ("_t", "_tokens", "capacity", "limit", "rate", "span")
 
@@ -216,19 +298,28 @@ class TokenBucketWindow:
             f"tokens={self._tokens:.2f})"
         )
 
+    def entries(self) -> int:
+        return 1
+
     def _tokens_at(self, t: float) -> float:
         if t <= self._t:
             return self._tokens
         return min(float(self.capacity), self._tokens + (t - self._t) * self.rate)
 
-    def earliest(self) -> float:
-        if self._tokens >= 1.0:
+    def earliest(self, in_flight: int = 0) -> float:
+        need = 1.0 + in_flight
+        if need > self.capacity:
+            return _INF
+        if self._tokens >= need:
             return self._t
-        return self._t + (1.0 - self._tokens) / self.rate
+        return self._t + (need - self._tokens) / self.rate
 
     def record(self, t: float, n: int = 1) -> None:
         self._tokens = self._tokens_at(t) - n
         self._t = max(t, self._t)
+
+    def expire(self, now: float) -> None:
+        return None  # one number: nothing to forget
 
     def used(self, now: float) -> int:
         return self.capacity - math.floor(self._tokens_at(now))
@@ -236,7 +327,7 @@ class TokenBucketWindow:
     def remaining(self, now: float, lookback: float = 0.0) -> int:
         return math.floor(self._tokens_at(now))
 
-    def drain(self, now: float) -> None:
+    def fill(self, now: float) -> None:
         t = max(now, self._t)
         self._tokens = min(0.0, self._tokens_at(t))
         self._t = t
@@ -254,14 +345,16 @@ class TokenBucketWindow:
             "at": None if at is None else at + to_wall,
         }
 
-    def restore(self, state: dict[str, Any], to_local: float) -> None:
+    def restore(self, state: dict[str, Any], to_local: float, now: float) -> None:
         self._tokens = float(self.capacity)
         self._t = _NEG_INF
         if "tokens" in state:
             if state.get("at") is not None:
-                self._tokens = float(state["tokens"])
-                self._t = float(state["at"]) + to_local
+                self._tokens = min(float(self.capacity), float(state["tokens"]))
+                self._t = min(now, float(state["at"]) + to_local)
             return
         # saved by the sliding policy: every send still in the window is a spent token
-        for t, n in state["sends"]:
-            self.record(float(t) + to_local, int(n))
+        tick = 0
+        for delta, n in zip(state["ms"], state["n"], strict=True):
+            tick += int(delta)
+            self.record(min(now, tick / _MS + to_local), int(n))

@@ -1,8 +1,21 @@
 """Test helpers, public: FakePangoCDP (a real server on loopback), a Bucket4j model of the
-server's limiter, and an event loop that runs on virtual time."""
+server's limiter, an event loop that runs on virtual time, and a simulation of many senders
+against the model server."""
 
-from ._bucket4j import Bucket4jBucket, ConsumeResult
+from ._bucket4j import Bucket4jBucket, ConsumeResult, Refill
 from ._fake import FakePangoCDP, FakeRequest
+from ._simulation import (
+    SimulationResult,
+    greedy_server_ceiling,
+    lognormal_latency,
+    max_in_any_window,
+    pareto_latency,
+    scheduler_hooks,
+    simulate_senders,
+    sliding_ceiling,
+    token_bucket_ceiling,
+    window_excess,
+)
 from ._virtual_time import VirtualTimeLoop, run_in_virtual_time
 
 __all__ = [
@@ -10,6 +23,17 @@ __all__ = [
     "ConsumeResult",
     "FakePangoCDP",
     "FakeRequest",
+    "Refill",
+    "SimulationResult",
     "VirtualTimeLoop",
+    "greedy_server_ceiling",
+    "lognormal_latency",
+    "max_in_any_window",
+    "pareto_latency",
     "run_in_virtual_time",
+    "scheduler_hooks",
+    "simulate_senders",
+    "sliding_ceiling",
+    "token_bucket_ceiling",
+    "window_excess",
 ]

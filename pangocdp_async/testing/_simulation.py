@@ -9,20 +9,44 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypedDict, TypeVar
 
 from .._config import Margin, RateLimit
+from .._limiter import QuotaScheduler, Reservation
 from ._bucket4j import Bucket4jBucket, ConsumeResult
 
 __all__ = [
     "SimulationResult",
     "greedy_server_ceiling",
+    "lognormal_latency",
+    "max_in_any_window",
+    "pareto_latency",
+    "scheduler_hooks",
     "simulate_senders",
     "sliding_ceiling",
     "token_bucket_ceiling",
+    "window_excess",
 ]
+
+T = TypeVar("T")
+
+
+Latency = tuple[float, float] | Callable[[random.Random], float]
+
+
+def lognormal_latency(median_s: float, sigma: float) -> Callable[[random.Random], float]:
+    """One leg's delay, lognormal: heavy-ish tail (sigma 1: p99 about 10x the median)."""
+    mu = math.log(median_s)
+    return lambda rng: rng.lognormvariate(mu, sigma)
+
+
+def pareto_latency(alpha: float, scale_s: float) -> Callable[[random.Random], float]:
+    """One leg's delay, Pareto: ``scale_s * Pareto(alpha)``; alpha 1.5 has infinite variance."""
+    return lambda rng: scale_s * rng.paretovariate(alpha)
 
 
 @dataclass
@@ -36,32 +60,69 @@ class SimulationResult:
     arrivals: list[float] = field(default_factory=list)
     #: Arrival times of the rejected requests.
     rejections: list[float] = field(default_factory=list)
+    #: When each request was handed to the "transport", read off the loop's clock at that
+    #: moment (not from the limiter's books), if asked for.
+    sends: list[float] = field(default_factory=list)
+    #: Seconds each ``acquire()`` took, if asked for (the limiter's CPU cost included).
+    acquire_cpu: list[float] = field(default_factory=list)
 
 
 async def simulate_senders(
-    acquire: Callable[[], Awaitable[Any]],
+    acquire: Callable[[], Awaitable[T]],
     server: Bucket4jBucket,
     *,
+    release: Callable[[T, ConsumeResult | None], Any] | None = None,
     senders: int = 64,
     duration_s: float,
-    latency_s: tuple[float, float] = (0.02, 0.08),
-    on_rejected: Callable[[ConsumeResult], Any] | None = None,
-    on_accepted: Callable[[ConsumeResult, float], Any] | None = None,
+    latency_s: Latency = (0.02, 0.08),
+    on_rejected: Callable[[ConsumeResult, T], Any] | None = None,
+    on_accepted: Callable[[ConsumeResult, T], Any] | None = None,
+    stalls: Sequence[tuple[float, float]] = (),
+    foreign: Sequence[tuple[float, int]] = (),
     keep_arrivals: bool = False,
+    keep_sends: bool = False,
     seed: int = 0,
 ) -> SimulationResult:
-    """Run ``senders`` tasks that each loop: ``await acquire()``, send, await the answer.
+    """Run ``senders`` tasks that each loop: ``token = await acquire()``, send, await the answer,
+    ``release(token, verdict)``, then ``on_accepted``/``on_rejected(verdict, token)``. (A
+    sender that acquires after ``duration_s`` calls ``release(token, None)`` and stops.)
 
-    Each leg of a request (to the server, back) takes a latency drawn uniformly from
-    ``latency_s``, so requests overtake each other. The server decides on arrival. Sending
-    stops at ``duration_s`` on the loop's clock (started at the loop's current time).
+    Each leg of a request (to the server, back) takes a delay drawn from ``latency_s``: a
+    ``(low, high)`` uniform range or a function of the simulation's ``random.Random``, so
+    requests overtake each other. The server decides on arrival. Sending stops at
+    ``duration_s`` on the loop's clock (started at the loop's current time).
+
+    ``stalls``: ``(at, seconds)`` pairs, relative to the start: the event loop is blocked that
+    long (a synchronous call, a GC pause), so every timer due meanwhile fires late, at once.
+    Needs a :class:`VirtualTimeLoop`. ``foreign``: ``(at, n)`` pairs: another client sends
+    ``n`` requests at once, taking tokens from the same server bucket.
     """
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
-    lo, hi = latency_s
+    if callable(latency_s):
+        leg: Callable[[], float] = partial(latency_s, rng)
+    else:
+        lo, hi = latency_s
+        leg = partial(rng.uniform, lo, hi)
     start = loop.time()
     end = start + duration_s
     result = SimulationResult()
+
+    def stall(seconds: float) -> None:
+        advance = getattr(loop, "advance", None)
+        if advance is None:
+            raise TypeError("stalls need a VirtualTimeLoop")
+        advance(seconds)
+
+    def foreign_burst(n: int) -> None:
+        now = loop.time()
+        for _ in range(n):
+            server.try_consume(now)
+
+    for at, seconds in stalls:
+        loop.call_at(start + at, stall, seconds)
+    for at, n in foreign:
+        loop.call_at(start + at, foreign_burst, n)
 
     def arrive(future: asyncio.Future[ConsumeResult]) -> None:
         # The server decides now; the answer reaches the sender after the return leg.
@@ -74,26 +135,89 @@ async def simulate_senders(
         else:
             result.rejected += 1
             result.rejections.append(now)
-        loop.call_later(rng.uniform(lo, hi), future.set_result, verdict)
+        loop.call_later(leg(), future.set_result, verdict)
 
     async def sender() -> None:
         while True:
-            await acquire()
+            cpu = time.process_time() if keep_sends else 0.0
+            token = await acquire()
             sent_at = loop.time()
+            if keep_sends:
+                result.acquire_cpu.append(time.process_time() - cpu)
             if sent_at >= end:
+                if release is not None:
+                    release(token, None)  # not sent; lets the senders queued behind it finish
                 return
             result.sent += 1
+            if keep_sends:
+                result.sends.append(sent_at)
             future: asyncio.Future[ConsumeResult] = loop.create_future()
-            loop.call_later(rng.uniform(lo, hi), arrive, future)
+            loop.call_later(leg(), arrive, future)
             verdict = await future
+            if release is not None:
+                release(token, verdict)
             if verdict.accepted:
                 if on_accepted is not None:
-                    on_accepted(verdict, loop.time() - sent_at)
+                    on_accepted(verdict, token)
             elif on_rejected is not None:
-                on_rejected(verdict)
+                on_rejected(verdict, token)
 
     await asyncio.gather(*(sender() for _ in range(senders)))
     return result
+
+
+class SchedulerHooks(TypedDict):
+    acquire: Callable[[], Awaitable[Reservation]]
+    release: Callable[[Reservation, ConsumeResult | None], None]
+    on_accepted: Callable[[ConsumeResult, Reservation], Any] | None
+    on_rejected: Callable[[ConsumeResult, Reservation], Any]
+
+
+def scheduler_hooks(scheduler: QuotaScheduler, *, remaining_header: bool = True
+                    ) -> SchedulerHooks:
+    """Wire a :class:`QuotaScheduler` into :func:`simulate_senders` as the client does: reserve,
+    complete (a 429 is not counted, a request never sent is refunded), the 429's retry-after to
+    :meth:`~QuotaScheduler.on_rate_limited`, and, if the server sends it,
+    ``X-Rate-Limit-Remaining`` to :meth:`~QuotaScheduler.on_remaining`.
+
+    >>> await simulate_senders(server=bucket, duration_s=60, **scheduler_hooks(s))  # doctest: +SKIP
+    """
+    def release(reservation: Reservation, verdict: ConsumeResult | None) -> None:
+        scheduler.complete(reservation, counted=verdict is not None,
+                           rejected=verdict is not None and not verdict.accepted)
+
+    def on_rejected(verdict: ConsumeResult, reservation: Reservation) -> None:
+        scheduler.on_rate_limited(float(verdict.retry_after_header), reservation)
+
+    def on_accepted(verdict: ConsumeResult, reservation: Reservation) -> None:
+        scheduler.on_remaining(verdict.remaining, reservation)
+
+    return {
+        "acquire": scheduler.reserve,
+        "release": release,
+        "on_accepted": on_accepted if remaining_header else None,
+        "on_rejected": on_rejected,
+    }
+
+
+def max_in_any_window(times: Sequence[float], period: float) -> int:
+    """The most of ``times`` (sorted) that fall in one closed interval of ``period`` seconds."""
+    best = 0
+    lo = 0
+    for hi, t in enumerate(times):
+        while t - times[lo] > period:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def window_excess(times: Sequence[float], limits: Sequence[RateLimit]) -> dict[RateLimit, int]:
+    """For each limit, how far the busiest interval of its period goes over its capacity
+    (0 where it never does)."""
+    ordered = sorted(times)
+    return {
+        lim: max(0, max_in_any_window(ordered, lim.period) - lim.max_requests) for lim in limits
+    }
 
 
 def sliding_ceiling(limits: Sequence[RateLimit], margin: Margin, horizon: float) -> int:
