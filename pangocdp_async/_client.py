@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -329,12 +330,20 @@ class PangoCDPClient:
         )
 
     async def send_encoded(
-        self, body: bytes, *, entries: int, init_data: bool, max_wait: float | None = None
+        self,
+        body: bytes,
+        *,
+        entries: int,
+        init_data: bool,
+        max_wait: float | None = None,
+        sending: set[asyncio.Task[Any]] | None = None,
     ) -> IngestResult:
         """Send one already encoded body: reserve a slot, POST, interpret the answer.
 
         Every attempt takes its own reservation, just before it is sent. ``max_wait`` bounds the
-        wait for a slot (:class:`QuotaWaitError` beyond it, with nothing sent).
+        wait for a slot (:class:`QuotaWaitError` beyond it, with nothing sent). While a POST is
+        under way the current task is in ``sending`` (so a caller shutting down can tell a task
+        with a request in flight from one still waiting for its slot).
         """
         if self._transport is None or self._tokens is None:
             raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
@@ -360,6 +369,9 @@ class PangoCDPClient:
             attempts += 1
             stats.started()
             started = self._clock()
+            task = None if sending is None else asyncio.current_task()
+            if task is not None:
+                sending.add(task)  # type: ignore[union-attr]  # (task is None without a set)
             try:
                 response = await transport.post(url, body=body, headers=headers)
             except APIConnectionError as exc:
@@ -370,6 +382,9 @@ class PangoCDPClient:
                 limiter.complete(reservation)
                 stats.failed()
                 raise
+            finally:
+                if task is not None:
+                    sending.discard(task)  # type: ignore[union-attr]
             limiter.complete(reservation, rejected=response.status == 429)
             latency = self._clock() - started
             stats.answered(response.status, latency, entries)

@@ -189,6 +189,8 @@ class Pipeline:
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * concurrency)
         self._partial = Batch()
         self._current: dict[asyncio.Task[None], Batch] = {}
+        self._sending: set[asyncio.Task[Any]] = set()  # senders with a request under way
+        self._isolating: set[asyncio.Task[Any]] = set()  # senders splitting a refused batch
         self._emitted = 0
         self._delivered = 0
         self._progress = asyncio.Condition()
@@ -274,7 +276,18 @@ class Pipeline:
                 self._mark_unsent(batch)
         for _ in senders:
             self._queue.put_nowait(None)
+        # Senders with no request under way (waiting for a quota slot, a 429 pause or a
+        # backoff) stop at once; those with one get the shutdown timeout to hear its answer.
+        # (A sender isolating a refused entry may have delivered part of its batch already:
+        # it gets the timeout too, so that no record is reported both accepted and unsent.)
         running = [t for t in senders if not t.done()]
+        idle = [t for t in running if t not in self._sending and t not in self._isolating]
+        for task in idle:
+            task.cancel()
+        await asyncio.gather(*idle, return_exceptions=True)
+        for task in idle:
+            self._mark_unsent(self._current.get(task, _EMPTY))
+        running = [t for t in running if t not in idle]
         if running:
             _, late = await asyncio.wait(running, timeout=self._shutdown_timeout)
             for task in late:
@@ -454,7 +467,8 @@ class Pipeline:
                         else max(0.0, policy.time_budget_s - (loop.time() - first_try)))
             try:
                 result = await client.send_encoded(body, entries=len(batch),
-                                                   init_data=self._init_data, max_wait=max_wait)
+                                                   init_data=self._init_data, max_wait=max_wait,
+                                                   sending=self._sending)
             except QuotaWaitError as exc:  # nothing was sent
                 self._fail(batch.positions, batch.entries, exc)
                 return exc
@@ -470,7 +484,15 @@ class Pipeline:
                                   policy=policy)
                 if decision is Decision.SPLIT and isinstance(exc, BadRequestError):
                     if isolate:
-                        await self._isolate(batch, exc)
+                        task = asyncio.current_task()
+                        assert task is not None
+                        outermost = task not in self._isolating
+                        self._isolating.add(task)
+                        try:
+                            await self._isolate(batch, exc)
+                        finally:
+                            if outermost:
+                                self._isolating.discard(task)
                     return exc
                 if decision is Decision.FAIL:
                     self._fail(batch.positions, batch.entries, exc)

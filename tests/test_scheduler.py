@@ -236,29 +236,28 @@ def test_a_stall_never_releases_a_burst() -> None:
 
 
 # --- 429s -----------------------------------------------------------------------------------
-def test_429_pauses_everyone_for_header_plus_one_second() -> None:
+def test_429_pauses_everyone_then_ramps_up_from_one_probe() -> None:
     """After a 429 with header 2, nobody starts before 3 s (up to 10% jitter later), queued
-    waiters included; after the pause one probe goes first, the rest once it is accepted."""
+    waiters included; then one probe goes alone, and each acceptance doubles how many may be
+    in flight: 1, 2, 4 (answers take 0.2 s)."""
     async def main() -> tuple[float, list[float]]:
-        s = sched([RateLimit(10, 1.0)])
+        s = sched([RateLimit(100, 1.0)])
         loop = asyncio.get_running_loop()
-        r = await s.reserve()
-        queued = [asyncio.ensure_future(s.reserve()) for _ in range(5)]
-        s.complete(r, rejected=True)
-        until = s.on_rate_limited(2.0, r)
-        await asyncio.sleep(0)
-        assert not any(q.done() for q in queued)  # the 9 free slots wait for the pause
-        first = await queued[0]
-        assert round(first.stamp, 6) == round(until, 6)
-        await asyncio.sleep(0.2)
-        assert not any(q.done() for q in queued[1:])  # the probe is still out
-        s.complete(first)
-        rest = await asyncio.gather(*queued[1:])
-        assert all(x.stamp == pytest.approx(loop.time()) for x in rest)
-        return until, [x.stamp for x in rest]
-    until, rest = virtual(main)
-    assert 3.0 <= until <= 3.3
-    assert rest == [pytest.approx(until + 0.2)] * 4
+        starts: list[float] = []
+
+        async def one() -> None:
+            async with s.slot():
+                starts.append(loop.time())
+                await asyncio.sleep(0.2)
+        s.on_rate_limited(0.0)  # a first pause of about 1 s, so that the senders queue
+        queued = [asyncio.ensure_future(one()) for _ in range(7)]
+        await asyncio.sleep(0.5)
+        until = s.on_rate_limited(2.0)  # at 0.5, while they wait
+        await asyncio.gather(*queued)
+        return until, [round(t - until, 6) for t in starts]
+    until, starts = virtual(main)
+    assert 3.0 <= until - 0.5 <= 3.3  # the pause, counted from the 429
+    assert starts == [0.0, 0.2, 0.2, 0.4, 0.4, 0.4, 0.4]
 
 
 def test_a_429_after_hours_at_full_rate_pauses_about_a_second() -> None:

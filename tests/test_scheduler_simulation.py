@@ -249,3 +249,19 @@ def test_restart_at_hour_5_keeps_zero_rejections(tmp_path: Path) -> None:
     assert after.sent >= 14_800  # the rest of the day's 40,000, less the charged unsaved sends
     assert before.sent + after.sent <= 40_000
     assert control.rejected > 0  # without the state the daily window is overrun
+
+
+def test_an_exhausted_long_window_is_found_within_one_429_per_window() -> None:
+    """Another process has spent the hourly window (the server refills it greedily, one
+    request per 3.6 s): each 429 models one more window full, shortest first, so after at
+    most one 429 per window (plus the requests already in flight at the first) the scheduler
+    paces at the hourly window's own rate and is never rejected again."""
+    limits = [RateLimit(10, 1.0), RateLimit(100, 60.0), RateLimit(1_000, HOUR)]
+    server = Bucket4jBucket([RateLimit(1_000, HOUR)], "greedy")
+    for _ in range(1_000):
+        server.try_consume(0.0)  # the other process
+    scheduler = QuotaScheduler(limits)
+    result = run(scheduler, server, 0.5, senders=8, keep_arrivals=True)
+    assert len(result.rejections) <= len(limits) + 8
+    assert max(result.rejections) < 60.0  # all in the first minute
+    assert result.accepted >= 0.9 * 1_800 / 3.6  # then the hourly window's pace

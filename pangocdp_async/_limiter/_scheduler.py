@@ -50,6 +50,9 @@ logger = logging.getLogger("pangocdp_async")
 Policy = Literal["sliding", "token-bucket"]
 
 STATE_VERSION = 2
+#: After a 429 the sends allowed in flight double with each acceptance up to this, then the
+#: limit is lifted.
+RAMP_UP_TO = 64
 _NEG_INF = float("-inf")
 _INF = float("inf")
 
@@ -90,8 +93,8 @@ class QuotaScheduler:
     state is loaded on first use and saved every ``save_every`` sends and on :meth:`close`.
 
     A 429 (:meth:`on_rate_limited`) pauses every sender for the server's hint (at most
-    ``max_retry_after``) plus one second, then lets one request through alone and the rest
-    only once it is accepted, and models windows as full, shortest first: one more window with
+    ``max_retry_after``) plus one second, then lets one request through alone, 2 once it is
+    accepted, then 4, ..., and models windows as full, shortest first: one more window with
     each further 429 of the same episode.
 
     >>> scheduler = QuotaScheduler(policy="sliding")          # doctest: +SKIP
@@ -146,7 +149,9 @@ class QuotaScheduler:
         self._paused_until = _NEG_INF
         self._pause_started = _NEG_INF
         self._level = 0  # windows (shortest first) modeled full in the current 429 episode
-        self._probing = False  # after a 429: one send at a time until one is accepted
+        # After a 429, how many sends may be in flight at once: 1, doubled by each accepted
+        # send that started after the pause, until it no longer limits anything.
+        self._ramp: float = _INF
         self._waiters: deque[_Waiter] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -187,8 +192,8 @@ class QuotaScheduler:
         """When the head of the queue may start (``-inf``: now; ``inf``: after a completion)."""
         due = self._paused_until
         in_flight = len(self._in_flight)
-        if self._probing and in_flight:
-            return _INF  # after a 429 pause, one request tests the water before the rest go
+        if in_flight >= self._ramp:
+            return _INF  # after a 429: one request tests the water, then 2, 4, ... at a time
         for w in self._windows:
             e = w.earliest(in_flight)
             if e > due:
@@ -293,8 +298,10 @@ class QuotaScheduler:
             for w in self._windows:
                 w.expire(now)  # amortized O(1): keeps memory bounded on the recording path
                 w.record(now)
-        if not rejected and counted and reservation.stamp > self._pause_started:
-            self._probing = False  # a send after the pause got through: everyone may go
+        if self._ramp < _INF and counted and not rejected and (
+            reservation.stamp > self._pause_started
+        ):
+            self._ramp = _INF if self._ramp >= RAMP_UP_TO else self._ramp * 2
         if self._waiters and self._loop is not None:
             self._wake_head(now)
 
@@ -374,8 +381,9 @@ class QuotaScheduler:
 
         - Every sender, queued ones included, pauses for ``retry_after`` (capped at
           ``max_retry_after``; absent means 0) plus one second, stretched by up to 10%.
-        - After the pause one request goes alone and the others follow once it is accepted (a
-          probe: a server still refusing costs one rejection, not one per sender).
+        - After the pause one request goes alone; each acceptance doubles how many may be in
+          flight (1, 2, 4, ... up to 64, then no limit), so a server still refusing costs a
+          few rejections, not one per sender.
         - Windows are modeled as exactly full at the 429, refilling at their own pace: the
           shortest window for the first 429 of an episode, one more window for each further one
           (429s less than five minutes apart). A full model never adds to the sends on record,
@@ -407,7 +415,7 @@ class QuotaScheduler:
         pause = (hint + RETRY_AFTER_PAD_S) * (1.0 + self._rng.uniform(0.0, PAUSE_JITTER))
         self._pause_started = now
         self._paused_until = max(self._paused_until, now + pause)
-        self._probing = True
+        self._ramp = 1
         logger.warning(
             "PangoCDP answered 429 (retry-after %s): the quota model was wrong or another client "
             "shares the quota; pausing all senders for %.1f s, modeling the %s as full",
