@@ -307,6 +307,38 @@ def test_429s_of_one_episode_model_one_more_window_each() -> None:
     assert second[2] == 1  # the minute window is now full too
 
 
+def test_a_429_long_after_the_last_pause_starts_a_new_episode() -> None:
+    """A second 429 ten minutes after the first pause ended models only the shortest window
+    full again; one four minutes after it escalates."""
+    async def main() -> list[int]:
+        limits = [RateLimit(10, 1.0), RateLimit(100, 60.0), RateLimit(1000, 3600.0)]
+        fulls = []
+        for gap in (600.0, 240.0):
+            s = sched(limits)
+            s.on_rate_limited(0.0)
+            await asyncio.sleep(1.2 + gap)
+            r = await s.reserve()
+            s.complete(r, rejected=True)
+            s.on_rate_limited(0.0, r)
+            fulls.append(sum(1 for lim, used in s.window_usage() if used >= lim.max_requests))
+        return fulls
+    assert virtual(main) == [1, 2]
+
+
+def test_unreadable_headers_pause_as_if_zero() -> None:
+    """A 429 whose header is absent, NaN or negative pauses for 1 s (+10%), not forever or
+    not at all."""
+    async def main() -> list[float]:
+        out = []
+        for hint in (None, float("nan"), -5.0, float("inf")):
+            s = sched(max_retry_after=10.0)
+            out.append(s.on_rate_limited(hint) - asyncio.get_running_loop().time())
+        return out
+    pauses = virtual(main)
+    assert all(1.0 <= p <= 1.1 for p in pauses[:3])
+    assert 11.0 <= pauses[3] <= 11.0 * 1.1  # infinite: the cap
+
+
 def test_repeated_429s_never_stack() -> None:
     """Twenty 429s in a row, each for a send after the last pause: every pause stays within
     header + 1 s + 10%, and a window modeled full twice holds no more than its capacity."""

@@ -34,8 +34,9 @@ from pangocdp_async.testing import (
 
 HOUR = 3600.0
 PHASE_SAFE = Margin(0.0, 0.0)
-# Three phases of the server's interval refill, from one seeded draw.
-PHASES = [random.Random(7).uniform(0, 86_400) for _ in range(3)]
+# Three phases of the server's interval refill, from one seeded generator.
+_PHASE_RNG = random.Random(7)
+PHASES = [round(_PHASE_RNG.uniform(0, 86_400), 1) for _ in range(3)]
 
 
 def run(

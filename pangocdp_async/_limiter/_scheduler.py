@@ -398,8 +398,8 @@ class QuotaScheduler:
         if reservation is not None and reservation.stamp <= self._pause_started:
             return self._paused_until
         hint = 0.0 if retry_after is None else float(retry_after)
-        if not math.isfinite(hint) or hint < 0:
-            hint = 0.0
+        if math.isnan(hint) or hint < 0:
+            hint = 0.0  # unreadable: as if absent
         if hint > self.max_retry_after:
             logger.warning(
                 "429 says retry after %.0f s; capping the pause at max_retry_after=%.0f s",
@@ -531,6 +531,8 @@ class QuotaScheduler:
                 # A pause keeps its length from the save on, read with the same allowance.
                 setattr(self, attr, max(getattr(self, attr), float(value) + to_local))
         self._level = max(self._level, int(state.get("level", 0)))
+        if self._paused_until > now:
+            self._ramp = 1  # a pause under way: resume with one probe, as its process would
         self._loaded = True
 
     def _load(self) -> None:
