@@ -63,11 +63,12 @@ def validate_rate_limits(limits: object) -> tuple[RateLimit, ...]:
 class Margin:
     """How much wider than documented the scheduler treats every window.
 
-    A window of ``period`` seconds is counted as ``period + absolute + relative * period``. The
-    absolute part absorbs arrival jitter (network, connection pool, event-loop lag: a send that
-    arrives later than planned squeezes the gap after the one before it); the relative part absorbs
-    a client clock that runs faster than the server's. The long-run rate is barely affected: the
-    default costs 0.01% of the daily window and 20% of the one-second burst.
+    A window of ``period`` seconds is counted as ``period + absolute + relative * period``.
+    Network delay needs no margin: a send counts from its start until its answer is back. The
+    absolute part is a floor for what the client cannot see (the server's queueing before its
+    limiter reads the clock; a request still in the kernel when a timeout gives up on it); the
+    relative part absorbs a client clock that runs faster than the server's. The default costs
+    about 9% of the one-second burst (50 per 1.1 s) and 0.01% of the daily window.
     """
 
     absolute: float = DEFAULT_MARGIN_ABSOLUTE_S

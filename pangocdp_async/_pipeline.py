@@ -189,6 +189,9 @@ class Pipeline:
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * concurrency)
         self._partial = Batch()
         self._current: dict[asyncio.Task[None], Batch] = {}
+        # Positions of the batches under way already reported accepted or failed (a batch
+        # being split settles part by part): what shutdown must not report unsent.
+        self._settled: set[int] = set()
         self._sending: set[asyncio.Task[Any]] = set()  # senders with a request under way
         self._isolating: set[asyncio.Task[Any]] = set()  # senders splitting a refused batch
         self._emitted = 0
@@ -279,7 +282,7 @@ class Pipeline:
         # Senders with no request under way (waiting for a quota slot, a 429 pause or a
         # backoff) stop at once; those with one get the shutdown timeout to hear its answer.
         # (A sender isolating a refused entry may have delivered part of its batch already:
-        # it gets the timeout too, so that no record is reported both accepted and unsent.)
+        # it gets the timeout too, and only the parts not yet settled are reported unsent.)
         running = [t for t in senders if not t.done()]
         idle = [t for t in running if t not in self._sending and t not in self._isolating]
         for task in idle:
@@ -297,8 +300,10 @@ class Pipeline:
                 self._mark_unsent(self._current.get(task, _EMPTY))
 
     def _mark_unsent(self, batch: Batch) -> None:
+        settled = self._settled
         for pos, entry in zip(batch.positions, batch.entries, strict=True):
-            self.report.unsent.append(UnsentRecord(pos, entry))
+            if pos not in settled:
+                self.report.unsent.append(UnsentRecord(pos, entry))
 
     # --- reading -------------------------------------------------------------------------------
     async def _read(self, source: _Source) -> None:
@@ -504,6 +509,8 @@ class Pipeline:
                 continue  # AFTER_PAUSE: the scheduler holds the next reservation back
             report.requests += result.attempts
             report.records_accepted += len(batch)
+            if self._isolating:  # only parts of a split batch can be settled piecemeal
+                self._settled.update(batch.positions)
             if maybe_sent:
                 report.possible_duplicates += len(batch)
             return None
@@ -542,6 +549,8 @@ class Pipeline:
     # --- failures ------------------------------------------------------------------------------
     def _fail(self, positions: list[int], records: list[Any], error: PangoCDPError) -> None:
         report = self.report
+        if self._isolating:
+            self._settled.update(positions)
         report.records_failed += len(positions)
         for pos, record in zip(positions, records, strict=True):
             failure = RecordFailure(pos, record, error)

@@ -52,9 +52,10 @@ def parse_remaining(response: RawResponse) -> int | None:
     if value is None:
         return None
     try:
-        return int(value.strip())
+        remaining = int(value.strip())
     except ValueError:
         return None
+    return remaining if remaining >= 0 else None  # a count; anything else is unreadable
 
 
 def error_for(response: RawResponse, body: Any, *, auth: bool = False) -> APIStatusError | None:

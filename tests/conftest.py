@@ -32,6 +32,16 @@ class ManualClock:
         await asyncio.sleep(0)
 
 
+async def wait_until(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    """Poll ``condition`` (something a real server or socket must bring about) every 10 ms,
+    up to ``timeout`` seconds; fail naming ``what`` if it never holds."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()

@@ -24,15 +24,15 @@ from pangocdp_async import (
     RetryPolicy,
 )
 from pangocdp_async.testing import FakePangoCDP
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, wait_until
 
 FAST_RETRY = RetryPolicy(backoff_initial_s=0.001, backoff_max_s=0.004)
 
 
 def _client(fake: FakePangoCDP, clock: ManualClock) -> PangoCDPClient:
-    """A client whose scheduler pauses on the manual clock (a 429 costs no real time)."""
+    """A client whose scheduler pauses 10 ms after a 429 (plus its header)."""
     return PangoCDPClient(**fake.client_kwargs(),
-                          limiter=QuotaScheduler((), clock=clock, sleep=clock.sleep))
+                          limiter=QuotaScheduler((), retry_after_pad=0.01))
 
 
 def _records(n: int) -> Iterator[dict[str, int]]:
@@ -342,3 +342,27 @@ async def test_stream_cancelled_reports_unsent(clock: ManualClock) -> None:
     assert unsent
     assert not accepted & unsent
     assert accepted | unsent == set(range(report.records_read))
+
+
+async def test_cancel_while_isolating_reports_no_record_twice() -> None:
+    """A batch is being split to find a refused entry (the server names none) when the run is
+    cancelled and the shutdown timeout runs out: the halves already accepted are not also
+    reported unsent (accepted + failed + unsent == read, and nothing the fake holds is in
+    the unsent list)."""
+    async with FakePangoCDP(rate_limits=None, latency_s=0.2, name_rejected_index=False,
+                            reject_entry=lambda e: "bad" if e["id"] == 37 else None) as fake:
+        async with PangoCDPClient(**fake.client_kwargs(), rate_limits=()) as client:
+            run = asyncio.ensure_future(client.ingest_many(
+                "order", [{"id": i} for i in range(50)], source="POS", concurrency=1,
+                shutdown_timeout=0.5))
+            # refused whole, then the first half is under way
+            await wait_until(lambda: len(fake.requests) >= 2, "the split to start")
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            report = client.last_report
+    assert report is not None
+    unsent = {u.position for u in report.unsent}
+    assert report.records_accepted > 0
+    assert not unsent & {e["id"] for e in fake.accepted}
+    assert report.records_accepted + report.records_failed + len(unsent) == report.records_read

@@ -10,14 +10,7 @@ import pytest
 
 from pangocdp_async import PangoCDPClient, QuotaWaitError, RateLimitedError, RetryPolicy
 from pangocdp_async.testing import FakePangoCDP
-
-
-async def _until(condition: object, what: str) -> None:
-    for _ in range(500):
-        if callable(condition) and condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import wait_until
 
 
 async def test_ingest_raises_instead_of_sleeping_through_a_long_pause() -> None:
@@ -63,7 +56,7 @@ async def test_cancelling_during_a_pause_returns_at_once() -> None:
                                   retry=RetryPolicy(time_budget_s=7200.0)) as client:
             run = asyncio.ensure_future(client.ingest_many(
                 "order", ({"id": i} for i in range(500)), source="POS", concurrency=2))
-            await _until(lambda: client.limiter.rate_limited == 1 and client.limiter.waiting,
+            await wait_until(lambda: client.limiter.rate_limited == 1 and client.limiter.waiting,
                          "a sender waiting out the pause")
             loop = asyncio.get_running_loop()
             cancelled_at = loop.time()

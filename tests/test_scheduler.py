@@ -405,6 +405,87 @@ def test_queued_waiter_fails_when_a_429_outlasts_its_budget() -> None:
     assert 100.1 <= virtual(main) <= 100.1 + 10.0
 
 
+def test_max_wait_holds_behind_a_long_queue() -> None:
+    """A waiter behind 200 others on a 10/1 s window with max_wait=1.5 (the next start is 1 s
+    away, so it is not refused at once) fails at 1.5 s, not when its turn comes 20 s later;
+    the others are unaffected."""
+    async def main() -> tuple[float, int]:
+        s = sched([RateLimit(10, 1.0)])
+        loop = asyncio.get_running_loop()
+
+        async def one() -> None:
+            async with s.slot():
+                pass
+        others = [asyncio.ensure_future(one()) for _ in range(200)]
+        await asyncio.sleep(0)
+        with pytest.raises(QuotaWaitError):
+            await s.reserve(max_wait=1.5)
+        failed_at = loop.time()
+        await asyncio.gather(*others)
+        return failed_at, s.reservations
+    failed_at, reservations = virtual(main)
+    assert failed_at == pytest.approx(1.5)
+    assert reservations == 200
+
+
+def test_max_wait_holds_while_sends_in_flight_fill_the_window() -> None:
+    """With the window's capacity in flight (no known wait), max_wait=1 still fails at 1 s."""
+    async def main() -> float:
+        s = sched([RateLimit(2, 1.0)])
+        loop = asyncio.get_running_loop()
+        held = [await s.reserve(), await s.reserve()]
+        with pytest.raises(QuotaWaitError):
+            await s.reserve(max_wait=1.0)
+        for r in held:
+            s.complete(r)
+        return loop.time()
+    assert virtual(main) == pytest.approx(1.0)
+
+
+def test_a_woken_waiter_rechecks_its_budget_after_a_429() -> None:
+    """The head is woken, and before it runs a 429 announces a 60-s pause: with max_wait=5 it
+    fails at once instead of sleeping through the pause."""
+    async def main() -> float:
+        s = sched([RateLimit(1, 1.0)])
+        loop = asyncio.get_running_loop()
+        s.complete(await s.reserve())
+        fire = s._on_timer
+
+        def fire_then_429() -> None:
+            fire()
+            s.on_rate_limited(59.0)
+        s._on_timer = fire_then_429  # type: ignore[method-assign]
+        with pytest.raises(QuotaWaitError):
+            await s.reserve(max_wait=5.0)
+        return loop.time()
+    assert virtual(main) == pytest.approx(1.0)
+
+
+def test_a_closed_loop_leaves_nothing_behind() -> None:
+    """A loop closed with a waiter still queued and a send in flight: the next asyncio.run()
+    uses the scheduler normally (the stranded send is counted, the waiter dropped)."""
+    s = QuotaScheduler([RateLimit(2, 0.2)], margin=NO_MARGIN)
+    loop = asyncio.new_event_loop()
+
+    async def strand() -> list[asyncio.Future[Reservation]]:
+        await s.reserve()  # never completed
+        # the second starts, the third queues: the window is full in flight
+        pending = [asyncio.ensure_future(s.reserve()) for _ in range(2)]
+        await asyncio.sleep(0)
+        return pending
+    stranded = loop.run_until_complete(strand())
+    assert not stranded[1].done()
+    for task in stranded:  # stranded on purpose: no "Task was destroyed" noise at exit
+        setattr(task, "_log_destroy_pending", False)  # noqa: B010 -- asyncio's private flag
+    loop.close()
+
+    async def again() -> int:
+        async with s.slot():
+            pass
+        return s.in_flight + s.waiting
+    assert asyncio.run(asyncio.wait_for(again(), 5.0)) == 0
+
+
 def test_cancelling_during_a_pause_returns_at_once() -> None:
     """A sender waiting out an hour's pause is cancelled: it returns in the same instant."""
     async def main() -> float:
@@ -482,6 +563,41 @@ def test_remaining_counts_sends_still_in_flight() -> None:
         assert len(others) == s.in_flight
         return s.on_remaining(6, r)  # 10 - 1 answered - 3 in flight
     assert virtual(main) == 0
+
+
+def test_remaining_ignores_nonsense_and_charges_at_most_a_window() -> None:
+    """A negative X-Rate-Limit-Remaining is ignored; 0 charges each window at most its
+    capacity (never a day's block from one odd header)."""
+    async def main() -> tuple[int, list[int], float]:
+        s = sched([RateLimit(10, 1.0), RateLimit(100, 60.0)])
+        r = await s.reserve()
+        s.complete(r)
+        ignored = s.on_remaining(-10**9, r)
+        s.on_remaining(0, r)
+        return ignored, [u for _, u in s.window_usage()], s.next_free()
+    ignored, usage, wait = virtual(main)
+    assert ignored == 0
+    assert usage == [10, 10]  # 1 sent + 9 unseen: the 1-s window empty, as the server said
+    assert wait == pytest.approx(1.0)
+
+
+def test_a_success_undoes_what_stray_429s_made_up() -> None:
+    """Five stray 429s model all five documented windows full (4.6/s for a day); the next
+    success saying 300,000 requests are left drops those fills, and pacing is back."""
+    async def main() -> tuple[float, float]:
+        s = sched(DOCUMENTED_LIMITS, margin=Margin())
+        for _ in range(5):
+            r = await s.reserve()
+            s.complete(r, rejected=True)
+            s.on_rate_limited(0.0, r)
+        r = await s.reserve()
+        s.complete(r)
+        daily_before = s.window_usage()[-1][1]
+        s.on_remaining(300_000, r)
+        return daily_before, s.window_usage()[-1][1]
+    before, after = virtual(main)
+    assert before >= 399_000  # modeled full
+    assert after <= 10  # back to what was really sent
 
 
 # --- memory and introspection ---------------------------------------------------------------

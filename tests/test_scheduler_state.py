@@ -177,8 +177,36 @@ def test_restart_during_a_pause_keeps_the_pause(tmp_path: Path) -> None:
     assert virtual(main) == pytest.approx(0.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("content", [b"not json", b'{"version": 2}', b'{"version": 99}',
-                                     b'[1, 2]'])
+def _valid_state() -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        s = sched(TEN, ManualClock(EPOCH))
+        await send(s, 3)
+        return s.export_state()
+    return virtual(main)
+
+
+def _broken(change: Callable[[dict[str, Any]], None]) -> bytes:
+    state = _valid_state()
+    change(state)
+    return orjson.dumps(state)
+
+
+def _negative_count(state: dict[str, Any]) -> None:
+    state["windows"][0]["n"][0] = -1000
+
+
+def _endless_pause(state: dict[str, Any]) -> None:
+    state["paused_until"] = state["saved_at"] + 1e9
+
+
+def _huge_in_flight(state: dict[str, Any]) -> None:
+    state["in_flight"] = 10**12
+
+
+@pytest.mark.parametrize("content", [
+    b"not json", b'{"version": 2}', b'{"version": 99}', b"[1, 2]",
+    _broken(_negative_count), _broken(_endless_pause), _broken(_huge_in_flight),
+])
 def test_corrupt_state_warns_and_starts_as_if_full(
     tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -199,3 +227,18 @@ def test_corrupt_state_warns_and_starts_as_if_full(
     assert str(path) in caplog.text
     assert "starting as if every window were full" in caplog.text
 
+
+
+def test_import_merges_with_what_the_scheduler_knows() -> None:
+    """Importing an older, emptier snapshot into a scheduler that has been sending never
+    forgets its own sends (before: they were replaced, and the window sent twice its
+    capacity)."""
+    async def main() -> tuple[int, int]:
+        wall = ManualClock(EPOCH)
+        old = sched(TEN, wall).export_state()
+        s = sched(TEN, wall)
+        await send(s, 10)
+        s.import_state({**old, "unsaved_limit": 0})
+        return s.window_usage()[0][1], len(await send(s, 1))
+    used, _ = virtual(main)
+    assert used == 10

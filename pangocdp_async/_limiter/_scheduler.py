@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import random
@@ -28,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, NoReturn
 
 from .._config import DOCUMENTED_LIMITS, Margin, RateLimit, validate_rate_limits
 from .._constants import (
@@ -73,6 +74,7 @@ class _Waiter:
     future: asyncio.Future[None]
     deadline: float  # on the scheduler's clock; inf for none
     budget: float
+    waiting: bool = True  # False once it left the queue (for the deadline heap's lazy deletes)
 
 
 class QuotaScheduler:
@@ -93,9 +95,9 @@ class QuotaScheduler:
     state is loaded on first use and saved every ``save_every`` sends and on :meth:`close`.
 
     A 429 (:meth:`on_rate_limited`) pauses every sender for the server's hint (at most
-    ``max_retry_after``) plus one second, then lets one request through alone, 2 once it is
-    accepted, then 4, ..., and models windows as full, shortest first: one more window with
-    each further 429 of the same episode.
+    ``max_retry_after``) plus ``retry_after_pad`` (1 s: Bucket4j truncates the hint), then
+    lets one request through alone, 2 once it is accepted, then 4, ..., and models windows as
+    full, shortest first: one more window with each further 429 of the same episode.
 
     >>> scheduler = QuotaScheduler(policy="sliding")          # doctest: +SKIP
     >>> async with scheduler.slot():                          # doctest: +SKIP
@@ -114,6 +116,7 @@ class QuotaScheduler:
         store: QuotaStore | None = None,
         save_every: int = DEFAULT_SAVE_EVERY,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER_S,
+        retry_after_pad: float = RETRY_AFTER_PAD_S,
         clock_step_allowance: float = DEFAULT_CLOCK_STEP_ALLOWANCE_S,
         count_rejected: bool = False,
         rng: random.Random | None = None,
@@ -124,6 +127,7 @@ class QuotaScheduler:
             raise ValueError(f"save_every must be an int >= 1, got {save_every!r}")
         _check_seconds("max_retry_after", max_retry_after, positive=True)
         _check_seconds("clock_step_allowance", clock_step_allowance, positive=False)
+        _check_seconds("retry_after_pad", retry_after_pad, positive=False)
         if margin is not None and not isinstance(margin, Margin):
             raise TypeError(f"margin must be a Margin, got {type(margin).__name__}")
         if (clock is None) != (sleep is None):
@@ -135,6 +139,7 @@ class QuotaScheduler:
         self._windows: list[Window] = [cls(lim, self.margin) for lim in self.limits]
         self.max_retry_after = float(max_retry_after)
         self.clock_step_allowance = float(clock_step_allowance)
+        self.retry_after_pad = float(retry_after_pad)
         if not isinstance(count_rejected, bool):
             raise TypeError(f"count_rejected must be a bool, got {count_rejected!r}")
         self.count_rejected = count_rejected
@@ -153,6 +158,8 @@ class QuotaScheduler:
         # send that started after the pause, until it no longer limits anything.
         self._ramp: float = _INF
         self._waiters: deque[_Waiter] = deque()
+        self._deadlines: list[tuple[float, int, _Waiter]] = []  # heap, for max_wait
+        self._seq_deadline = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -175,7 +182,18 @@ class QuotaScheduler:
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            if self._loop is not None and (self._waiters or self._in_flight):
+            old = self._loop
+            if old is not None and old.is_closed():
+                # Its loop is gone: its waiters can never run again, and its sends in flight
+                # ended with it (counted now, at the latest moment they can have arrived).
+                self._waiters.clear()
+                self._deadlines.clear()
+                now = self.now()
+                for _ in self._in_flight:
+                    for w in self._windows:
+                        w.record(now)
+                self._in_flight.clear()
+            if old is not None and (self._waiters or self._in_flight):
                 raise RuntimeError(
                     "this QuotaScheduler has senders waiting or in flight on another event "
                     "loop; a scheduler serves one loop at a time"
@@ -247,13 +265,14 @@ class QuotaScheduler:
         if max_wait is not None:
             budget = float(max_wait)
             deadline = now + budget
-            expected = self._due(now)
-            # (inf means "after a send in flight completes": no known wait to refuse on.)
-            if deadline < expected < _INF:
-                raise QuotaWaitError(retry_after=expected - now, budget=budget)
+            self._refuse_past(deadline, budget, now)
         waiter = _Waiter(loop.create_future(), deadline, budget)
         waiters.append(waiter)
-        if len(waiters) == 1:
+        if deadline < _INF:
+            self._seq_deadline += 1
+            heapq.heappush(self._deadlines, (deadline, self._seq_deadline, waiter))
+            self._wake_head(now)  # the timer may now be due earlier
+        elif len(waiters) == 1:
             self._wake_head(now)
         try:
             while True:
@@ -265,7 +284,8 @@ class QuotaScheduler:
                     self._wake_head(now)
                     return reservation
                 # Woken, but the windows changed meanwhile (a 429, a stall's catch-up): wait
-                # again, still at the head.
+                # again, still at the head, unless that now takes longer than allowed.
+                self._refuse_past(deadline, budget, now)
                 waiter.future = loop.create_future()
                 self._wake_head(now)
         except BaseException:
@@ -275,6 +295,33 @@ class QuotaScheduler:
             if was_head:
                 self._wake_head(self.now())
             raise
+        finally:
+            waiter.waiting = False
+
+    def _refuse_past(self, deadline: float, budget: float, now: float) -> None:
+        """Raise QuotaWaitError if the scheduler already knows the next start lies beyond
+        ``deadline`` (``inf``, "after a completion", is no known wait)."""
+        expected = self._due(now)
+        if deadline < expected < _INF:
+            raise QuotaWaitError(retry_after=expected - now, budget=budget)
+
+    def _expire_deadlines(self, now: float) -> float:
+        """Fail the waiters whose ``max_wait`` ran out before their turn; return the next
+        deadline (``inf`` if none)."""
+        heap = self._deadlines
+        while heap:
+            deadline, _, waiter = heap[0]
+            if not waiter.waiting or waiter.future.done():
+                heapq.heappop(heap)  # left the queue, or woken: it re-checks by itself
+                continue
+            if deadline > now:
+                return deadline
+            heapq.heappop(heap)
+            due = self._due(now)
+            retry_after = due - now if now < due < _INF else waiter.budget
+            waiter.future.set_exception(
+                QuotaWaitError(retry_after=retry_after, budget=waiter.budget))
+        return _INF
 
     def complete(
         self, reservation: Reservation, *, counted: bool = True, rejected: bool = False
@@ -323,31 +370,35 @@ class QuotaScheduler:
     # The timer: on the loop's own clock one TimerHandle (cheapest); with an injected clock and
     # sleep, one task that sleeps until the head is due. Either way at most one is armed.
     def _wake_head(self, now: float) -> None:
+        """Wake the head if it may start now, fail waiters past their deadline, and keep the
+        one timer armed for whichever comes next."""
         waiters = self._waiters
         if not waiters:
             self._disarm()
             return
+        next_deadline = self._expire_deadlines(now) if self._deadlines else _INF
         head = waiters[0]
         if head.future.done():
-            return  # already woken; it will claim (or re-arm) when it runs
-        due = self._due(now)
-        if due <= now:
-            self._disarm()
-            head.future.set_result(None)
+            due = _INF  # already woken (or failed); it will claim or leave when it runs
+        else:
+            due = self._due(now)
+            if due <= now:
+                head.future.set_result(None)
+                due = _INF
+        when = min(due, next_deadline)
+        if when == _INF:
+            self._disarm()  # a completion (or the woken head) will call again
             return
-        if due == _INF:
-            self._disarm()  # a completion will wake it
-            return
-        if due == self._timer_due and (self._handle is not None or self._timer is not None):
+        if when == self._timer_due and (self._handle is not None or self._timer is not None):
             return
         self._disarm()
-        self._timer_due = due
+        self._timer_due = when
         loop = self._loop
         assert loop is not None
         if self._injected_sleep is None:
-            self._handle = loop.call_at(due, self._on_timer)
+            self._handle = loop.call_at(when, self._on_timer)
         else:
-            self._timer = loop.create_task(self._sleep_until(due))
+            self._timer = loop.create_task(self._sleep_until(when))
 
     def _disarm(self) -> None:
         if self._handle is not None:
@@ -402,7 +453,7 @@ class QuotaScheduler:
             hint = 0.0  # unreadable: as if absent
         if hint > self.max_retry_after:
             logger.warning(
-                "429 says retry after %.0f s; capping the pause at max_retry_after=%.0f s",
+                "429 says retry after %.3g s; capping the pause at max_retry_after=%.0f s",
                 hint, self.max_retry_after,
             )
             hint = self.max_retry_after
@@ -412,7 +463,7 @@ class QuotaScheduler:
         self._level = min(self._level + 1, len(self._windows)) if episode_continues else 1
         for w in self._windows[: self._level]:
             w.fill(now)
-        pause = (hint + RETRY_AFTER_PAD_S) * (1.0 + self._rng.uniform(0.0, PAUSE_JITTER))
+        pause = (hint + self.retry_after_pad) * (1.0 + self._rng.uniform(0.0, PAUSE_JITTER))
         self._pause_started = now
         self._paused_until = max(self._paused_until, now + pause)
         self._ramp = 1
@@ -433,7 +484,9 @@ class QuotaScheduler:
         return self._paused_until
 
     def on_remaining(self, remaining: int, reservation: Reservation | None = None) -> int:
-        """``X-Rate-Limit-Remaining`` from a success. It may only tighten the model.
+        """``X-Rate-Limit-Remaining`` from a success. It tightens the model, and loosens only
+        what a 429 made up: a window modeled full that allows fewer sends than the server says
+        every window has left goes back to its own record.
 
         The server's number is the smallest token count over its windows. Our own sends since
         ``reservation`` started (its round trip) and those still in flight may or may not be in
@@ -441,9 +494,16 @@ class QuotaScheduler:
         leaves, somebody else spends the same quota: each window is charged the difference.
         Returns the number of sends charged.
         """
+        if remaining < 0:
+            return 0  # not a count: ignore it
         now = self.now()
         lookback = 0.0 if reservation is None else max(0.0, now - reservation.stamp)
         in_flight = len(self._in_flight)
+        # A fill (after a 429) that allows fewer than the server says it has left was too
+        # pessimistic: a stray 429 must not hold a window down for its whole span.
+        relaxed = [w.relax(now, remaining - in_flight) for w in self._windows]
+        if any(relaxed) and self._waiters and self._loop is not None:
+            self._wake_head(now)
         model = min(
             (w.remaining(now, lookback) for w in self._windows), default=remaining
         ) - in_flight
@@ -472,8 +532,9 @@ class QuotaScheduler:
     def export_state(self) -> dict[str, Any]:
         """A JSON-able snapshot, with times in epoch seconds so another process can load it.
 
-        Bounded whatever the run's length (a few tens of KiB for the documented windows): times
-        are whole milliseconds, delta-encoded. Sends in flight are filed at the save time.
+        Bounded whatever the run's length (a few KiB for the documented windows): times are
+        whole milliseconds, delta-encoded. Sends in flight are counted (``in_flight``) and
+        charged when the state is loaded.
         """
         now = self.now()
         wall = self._wall_clock()
@@ -508,11 +569,13 @@ class QuotaScheduler:
         that large cannot make old sends look older than they are; and nothing is placed after
         now, so a backward step never blocks longer than a window's own span. Sends in flight at
         the save, and up to ``unsaved_limit`` sends made after it and before a crash, are charged
-        at once: the count errs on the safe side. Windows are matched by capacity and period;
-        unknown ones are ignored.
+        at once: the count errs on the safe side. The snapshot is merged into what this
+        scheduler already knows (the larger count wins), never replacing it. Windows are matched
+        by capacity and period; unknown ones are ignored. A snapshot that is not what
+        :meth:`export_state` writes (negative counts, a pause longer than any 429 can cause, ...)
+        raises ``ValueError`` and changes nothing.
         """
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported quota state version {state.get('version')!r}")
+        _check_state(state, (self.max_retry_after + self.retry_after_pad) * (1 + PAUSE_JITTER))
         now = self.now()
         saved_at = float(state["saved_at"])
         elapsed = self._wall_clock() - saved_at  # what the wall clock shows; may be stepped
@@ -542,7 +605,8 @@ class QuotaScheduler:
         try:
             state = store.load()
             if state is None:
-                logger.info("no saved quota state: assuming the server's windows are full")
+                logger.info("no saved quota state: assuming nothing used this API key in the "
+                            "last day (call drain() if something may have)")
                 return
             self.import_state(state)
         except Exception as exc:  # corrupt or foreign: never crash a request over it
@@ -650,3 +714,57 @@ def _check_seconds(name: str, value: object, *, positive: bool) -> None:
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+
+
+def _check_state(state: object, longest_pause: float) -> None:
+    """Raise ValueError unless ``state`` has the shape and ranges :meth:`export_state` writes."""
+    def fail(why: str) -> NoReturn:
+        raise ValueError(f"not a quota state: {why}")
+
+    def count(value: object, name: str, upper: int = 10**9) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
+            fail(f"{name} must be an integer from 0 to {upper}, got {value!r}")
+
+    def number(value: object, name: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value
+        ):
+            fail(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+
+    if not isinstance(state, dict):
+        fail(f"expected an object, got {type(state).__name__}")
+    if state.get("version") != STATE_VERSION:
+        fail(f"unsupported version {state.get('version')!r}")
+    saved_at = number(state.get("saved_at"), "saved_at")
+    for name in ("in_flight", "unsaved_limit", "level"):
+        count(state.get(name, 0), name)
+    for name in ("paused_until", "pause_started"):
+        value = state.get(name)
+        if value is not None and number(value, name) > saved_at + longest_pause:
+            fail(f"{name} lies further ahead than any 429 can pause")
+    windows = state.get("windows")
+    if not isinstance(windows, list):
+        fail("windows must be a list")
+    for i, window in enumerate(windows):
+        if not isinstance(window, dict):
+            fail(f"windows[{i}] must be an object")
+        count(window.get("max_requests"), f"windows[{i}].max_requests")
+        if number(window.get("period"), f"windows[{i}].period") <= 0:
+            fail(f"windows[{i}].period must be > 0")
+        if "ms" in window:
+            ms, n = window.get("ms"), window.get("n")
+            if not isinstance(ms, list) or not isinstance(n, list) or len(ms) != len(n):
+                fail(f"windows[{i}]: ms and n must be lists of one length")
+            for j, (delta, sends) in enumerate(zip(ms, n, strict=True)):
+                count(delta, f"windows[{i}].ms[{j}]", 10**15)
+                count(sends, f"windows[{i}].n[{j}]")
+            if window.get("fill_at") is not None:
+                number(window.get("fill_at"), f"windows[{i}].fill_at")
+                count(window.get("fill_sends", 0), f"windows[{i}].fill_sends")
+        elif "tokens" in window:
+            number(window.get("tokens"), f"windows[{i}].tokens")
+            if window.get("at") is not None:
+                number(window.get("at"), f"windows[{i}].at")
+        else:
+            fail(f"windows[{i}] has neither sends nor tokens")

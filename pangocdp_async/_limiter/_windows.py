@@ -9,7 +9,9 @@ windows in one step:
 - ``record(t)``: a send completed at ``t`` (its answer arrived, so it reached the server at
   ``t`` at the latest). Times passed to ``record`` never decrease;
 - ``fill(now)``: the server said the window is empty (a 429): model it as exactly full now,
-  refilling at the window's own pace, *without* adding to what is already on record.
+  refilling at the window's own pace, *without* adding to what is already on record;
+  ``relax(now, r)`` undoes a fill that the server's own count of remaining requests
+  contradicts.
 
 Memory is bounded whatever the run's length: expired sends are dropped on the recording path
 (amortized O(1) per send), and windows above :data:`EXACT_MAX_CAPACITY` count sends in
@@ -60,6 +62,7 @@ class Window(Protocol):
     def remaining(self, now: float, lookback: float = 0.0) -> int: ...
     def used(self, now: float) -> int: ...
     def fill(self, now: float) -> None: ...
+    def relax(self, now: float, server_remaining: int) -> bool: ...
     def add_phantoms(self, t: float, n: int) -> None: ...
     def entries(self) -> int: ...
     def export(self, to_wall: float) -> dict[str, Any]: ...
@@ -101,12 +104,14 @@ class SlidingWindow:
     "the k-th most recent send" and "sends after x" are each one bisection.
     """
 
-    __slots__ = ("_base", "_cum", "_head", "_times", "bucket", "capacity", "limit", "span")
+    __slots__ = ("_base", "_cum", "_fill_at", "_fill_cum", "_head", "_times", "bucket",
+                 "capacity", "limit", "span", "step")
 
     def __init__(self, limit: RateLimit, margin: Margin) -> None:
         self.limit = limit
         self.capacity = limit.max_requests
         self.span = margin.widen(limit.period)
+        self.step = self.span / self.capacity  # the window's own pace when it refills
         self.bucket = (
             0.0 if self.capacity <= EXACT_MAX_CAPACITY else limit.period / BUCKETS_PER_WINDOW
         )
@@ -114,6 +119,10 @@ class SlidingWindow:
         self._cum: list[int] = []
         self._head = 0  # entries before it have left the window
         self._base = 0  # cumulative count just before _head
+        # A fill: the window was modeled exactly full at _fill_at; _fill_cum is the cumulative
+        # count of sends on record then (sends filed after it are counted on top).
+        self._fill_at = _NEG_INF
+        self._fill_cum = 0
 
     def __repr__(self) -> str:
         return f"SlidingWindow({self.capacity}/{self.limit.period:g}s, entries={self.entries()})"
@@ -133,10 +142,20 @@ class SlidingWindow:
         if room <= 0:
             return _INF  # only a completion can make room
         cum = self._cum
-        if not cum or cum[-1] - self._base < room:
-            return _NEG_INF
-        i = bisect_left(cum, cum[-1] - room + 1, self._head)
-        return self._times[i] + self.span
+        total = cum[-1] if cum else self._base
+        if total - self._base < room:
+            due = _NEG_INF
+        else:
+            i = bisect_left(cum, total - room + 1, self._head)
+            due = self._times[i] + self.span
+        if self._fill_at > _NEG_INF:
+            # Full at the fill, refilling one send per step: the k-th send after it (those on
+            # record since, in flight, and this one) may go k steps after it; all phantom sends
+            # are gone one span after it.
+            d = self._fill_at
+            after_fill = total - self._fill_cum + in_flight + 1
+            due = max(due, min(d + after_fill * self.step, d + self.span))
+        return due
 
     def record(self, t: float, n: int = 1) -> None:
         key = self._key(t)
@@ -175,50 +194,62 @@ class SlidingWindow:
         j = bisect_right(self._times, t, self._head)
         return cum[-1] - (cum[j - 1] if j > self._head else self._base)
 
+    def _phantoms_left(self, now: float) -> int:
+        """Of a fill's ``capacity`` phantom sends, those still in the window at ``now``."""
+        if self._fill_at == _NEG_INF:
+            return 0
+        gone = math.floor((now - self._fill_at) / self.step)
+        return max(0, self.capacity - max(0, gone))
+
+    def _count(self, now: float, since: float) -> int:
+        real = self._count_after(since)
+        if self._fill_at == _NEG_INF:
+            return real
+        if now >= self._fill_at + self.span:
+            self._fill_at = _NEG_INF  # every phantom has left: the fill is over
+            return real
+        cum = self._cum
+        after_fill = (cum[-1] if cum else self._base) - self._fill_cum
+        return max(real, self._phantoms_left(now) + after_fill)
+
     def used(self, now: float) -> int:
-        """Sends on record in (now - span, now] (bucketed ones filed up to a bucket later)."""
-        return self._count_after(now - self.span)
+        """Sends counted in (now - span, now]: on record (bucketed ones filed up to a bucket
+        later), or the phantoms of a fill and the sends since, whichever is more."""
+        return self._count(now, now - self.span)
 
     def remaining(self, now: float, lookback: float = 0.0) -> int:
-        """Capacity left at ``now`` counting every send on record since ``now - span -
-        lookback`` (``lookback`` at most :data:`LOOKBACK_MAX_S`)."""
-        return self.capacity - self._count_after(now - self.span - min(lookback, LOOKBACK_MAX_S))
-
-    def _phantoms(self, now: float) -> Pairs:
-        """A full window at ``now`` refilling at its own pace: ``capacity`` sends that leave it
-        one every ``span / capacity`` seconds from ``now`` on (the k-th at ``now + k * step``)."""
-        c = self.capacity
-        step = self.span / c
-        start = now - self.span
-        if self.bucket == 0.0:
-            return [(start + k * step, 1) for k in range(1, c + 1)]
-        # Bucketed: count the phantoms falling in each bucket, filed at the bucket's end.
-        b = self.bucket
-        out: Pairs = []
-        done = 0
-        j = math.ceil((start + step) / b)
-        last = math.ceil(now / b)
-        while j <= last and done < c:
-            key = j * b
-            total = c if j == last else min(c, max(0, math.floor((key - start) / step)))
-            if total > done:
-                out.append((key, total - done))
-                done = total
-            j += 1
-        return out
+        """Capacity left at ``now`` counting every send since ``now - span - lookback``
+        (``lookback`` at most :data:`LOOKBACK_MAX_S`)."""
+        return self.capacity - self._count(
+            now, now - self.span - min(lookback, LOOKBACK_MAX_S))
 
     def fill(self, now: float) -> None:
-        """Model the window as exactly full at ``now``: the history becomes, over every suffix,
-        the larger of the sends on record and a full window refilling at its own pace. Filling
-        twice never counts more than a full window."""
-        self.expire(now)
-        self._reset(_max_merge(self._pairs(), self._phantoms(now)))
+        """Model the window as exactly full at ``now``, refilling at its own pace (one send per
+        ``span / capacity``): the window allows, at every moment, the lesser of what its record
+        allows and what a full window refilling since ``now`` would. Filling twice never counts
+        more than a full window."""
+        cum = self._cum
+        self._fill_at = now
+        self._fill_cum = cum[-1] if cum else self._base
+
+    def relax(self, now: float, server_remaining: int) -> bool:
+        """The server reports ``server_remaining`` requests left in its emptiest window: if a
+        fill allows fewer now, it was too pessimistic; drop it (the record still applies, and
+        the caller then charges any deficit the server's figure shows). Returns whether it did.
+        """
+        if self._fill_at == _NEG_INF:
+            return False
+        if self.capacity - self._count(now, now - self.span) >= server_remaining:
+            return False
+        self._fill_at = _NEG_INF
+        return True
 
     def add_phantoms(self, t: float, n: int) -> None:
-        """Count ``n`` sends that others made (or that went unrecorded) at ``t`` or later."""
+        """Count ``n`` sends that others made (or that went unrecorded) at ``t`` or later (at
+        most a full window: more could only block it longer than its span)."""
         if n > 0:
             tail = self._times[-1] if len(self._times) > self._head else t
-            self.record(max(t, tail), n)
+            self.record(max(t, tail), min(n, self.capacity))
 
     def _pairs(self) -> Pairs:
         out = []
@@ -252,11 +283,18 @@ class SlidingWindow:
             ms.append(tick - prev)
             counts.append(n)
             prev = tick
-        return {"max_requests": self.capacity, "period": self.limit.period,
-                "ms": ms, "n": counts}
+        out: dict[str, Any] = {"max_requests": self.capacity, "period": self.limit.period,
+                               "ms": ms, "n": counts}
+        if self._fill_at > _NEG_INF:
+            cum = self._cum
+            out["fill_at"] = self._fill_at + to_wall
+            out["fill_sends"] = (cum[-1] if cum else self._base) - self._fill_cum
+        return out
 
     def restore(self, state: dict[str, Any], to_local: float, now: float) -> None:
-        """Load an export (of either policy), with every send moved to ``now`` at the latest."""
+        """Merge an export (of either policy) into the record, with every saved send moved to
+        ``now`` at the latest: over every suffix the larger count wins, so loading never
+        forgets a send this process made itself."""
         pairs: Pairs = []
         if "ms" in state:
             tick = 0
@@ -267,9 +305,22 @@ class SlidingWindow:
             used = self.capacity - math.floor(float(state["tokens"]))
             if used > 0:
                 pairs.append((min(now, float(state["at"]) + to_local), used))
+        fill_at = self._fill_at
+        since_fill = (self._cum[-1] if self._cum else self._base) - self._fill_cum
+        mine = self._pairs()
         self._reset([])
-        for t, n in pairs:
+        for t, n in _max_merge(mine, pairs):
             self.record(t, n)
+        total = self._cum[-1] if self._cum else 0
+        if fill_at > _NEG_INF:  # keep this process's own fill
+            self._fill_at = fill_at
+            self._fill_cum = max(0, total - since_fill)
+        saved_fill = state.get("fill_at")
+        if saved_fill is not None:
+            at = min(now, float(saved_fill) + to_local)
+            if at > self._fill_at:
+                self._fill_at = at
+                self._fill_cum = max(0, total - int(state.get("fill_sends", 0)))
 
 
 class TokenBucketWindow:
@@ -282,7 +333,7 @@ class TokenBucketWindow:
     than the server, so arrival jitter is covered.
     """
 
-    __slots__ = ("_t", "_tokens", "capacity", "limit", "rate", "span")
+    __slots__ = ("_filled", "_t", "_tokens", "capacity", "limit", "rate", "span")
 
     def __init__(self, limit: RateLimit, margin: Margin) -> None:
         self.limit = limit
@@ -291,6 +342,7 @@ class TokenBucketWindow:
         self.rate = self.capacity / self.span
         self._tokens = float(self.capacity)
         self._t = _NEG_INF
+        self._filled = False
 
     def __repr__(self) -> str:
         return (
@@ -331,10 +383,21 @@ class TokenBucketWindow:
         t = max(now, self._t)
         self._tokens = min(0.0, self._tokens_at(t))
         self._t = t
+        self._filled = True
+
+    def relax(self, now: float, server_remaining: int) -> bool:
+        if not self._filled:
+            return False
+        self._filled = False
+        if self._tokens_at(now) >= server_remaining:
+            return False
+        self._tokens = float(min(self.capacity, server_remaining))
+        self._t = max(now, self._t)
+        return True
 
     def add_phantoms(self, t: float, n: int) -> None:
         if n > 0:
-            self.record(max(t, self._t), n)
+            self.record(max(t, self._t), min(n, self.capacity))
 
     def export(self, to_wall: float) -> dict[str, Any]:
         at = self._t if math.isfinite(self._t) else None
@@ -346,15 +409,21 @@ class TokenBucketWindow:
         }
 
     def restore(self, state: dict[str, Any], to_local: float, now: float) -> None:
-        self._tokens = float(self.capacity)
-        self._t = _NEG_INF
+        """Take the saved bucket's tokens where they are fewer than this one's."""
+        mine = self._tokens_at(now)
+        saved = TokenBucketWindow.__new__(TokenBucketWindow)
+        saved.capacity, saved.rate = self.capacity, self.rate
+        saved._tokens, saved._t = float(self.capacity), _NEG_INF
         if "tokens" in state:
             if state.get("at") is not None:
-                self._tokens = min(float(self.capacity), float(state["tokens"]))
-                self._t = min(now, float(state["at"]) + to_local)
-            return
-        # saved by the sliding policy: every send still in the window is a spent token
-        tick = 0
-        for delta, n in zip(state["ms"], state["n"], strict=True):
-            tick += int(delta)
-            self.record(min(now, tick / _MS + to_local), int(n))
+                saved._tokens = min(float(self.capacity), float(state["tokens"]))
+                saved._t = min(now, float(state["at"]) + to_local)
+        else:  # saved by the sliding policy: every send still in the window is a spent token
+            tick = 0
+            for delta, n in zip(state["ms"], state["n"], strict=True):
+                tick += int(delta)
+                saved.record(min(now, tick / _MS + to_local), int(n))
+        theirs = saved._tokens_at(now)
+        if theirs < mine:
+            self._tokens = theirs
+            self._t = max(now, self._t)
