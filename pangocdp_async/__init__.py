@@ -1,5 +1,6 @@
 """pangocdp-async: the asyncio client for PangoCDP's Data Ingestion API."""
 
+from ._bulk import IngestStream
 from ._client import PangoCDPClient
 from ._config import DOCUMENTED_LIMITS, Margin, RateLimit
 from ._exceptions import (
@@ -9,15 +10,23 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     PangoCDPError,
+    PipelineError,
     QuotaWaitError,
     RateLimitedError,
+    RecordSourceError,
     RequestValidationError,
     ServerError,
     UnsuccessfulResponseError,
 )
 from ._limiter import Policy, QuotaScheduler, QuotaStore, Reservation, SQLiteQuotaStore
-from ._pipeline import IngestStream, PipelineError, RecordSourceError
-from ._results import ClientStats, IngestReport, IngestResult, RecordFailure, UnsentRecord
+from ._results import (
+    ClientStats,
+    InDoubtRecord,
+    IngestReport,
+    IngestResult,
+    RecordFailure,
+    UnsentRecord,
+)
 from ._retry import RetryPolicy
 from ._transport import RawResponse, Transport
 
@@ -29,6 +38,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientStats",
+    "InDoubtRecord",
     "IngestReport",
     "IngestResult",
     "IngestStream",

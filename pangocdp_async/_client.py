@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from pydantic import SecretStr
@@ -16,6 +15,7 @@ from yarl import URL
 
 from ._auth import StaticToken, TokenManager, TokenSource
 from ._batching import EntryEncoder, check_entries, encode_body, make_envelope
+from ._bulk import BulkOptions, BulkRun, DeadLetter, IngestStream
 from ._config import DOCUMENTED_LIMITS, RateLimit
 from ._constants import (
     DEFAULT_AUTH_URL,
@@ -35,7 +35,6 @@ from ._constants import (
 )
 from ._exceptions import APIConnectionError, AuthenticationError, RateLimitedError
 from ._limiter import QuotaScheduler
-from ._pipeline import DeadLetter, IngestStream, Pipeline
 from ._responses import error_for, parse_body, parse_remaining, request_id_of
 from ._results import ClientStats, IngestReport, IngestResult
 from ._retry import RetryPolicy
@@ -46,6 +45,14 @@ __all__ = ["PangoCDPClient"]
 
 logger = logging.getLogger("pangocdp_async")
 _MASK = "'**********'"
+
+
+class SendTracker(Protocol):
+    """Hears when a request is handed to the transport and how it ended."""
+
+    def started(self) -> None: ...
+
+    def finished(self, answered: bool) -> None: ...
 
 
 class PangoCDPClient:
@@ -132,6 +139,9 @@ class PangoCDPClient:
         self._session = session
         self._owns_session = session is None and transport is None
         self._transport = transport
+        self._injected_transport = transport
+        self._earlier_auth_calls = 0
+        self._open = False
         self._clock = clock
         self._tokens: TokenSource | None = None
         self._stats = StatsRecorder(clock)
@@ -162,6 +172,11 @@ class PangoCDPClient:
 
     async def open(self) -> None:
         """Create the session (if the client owns one). ``async with`` calls this for you."""
+        if self._session is not None and self._session.closed and not self._owns_session:
+            raise RuntimeError(
+                "the aiohttp session given to this client is closed; pass an open one"
+            )
+        self._open = True
         if self._transport is None:
             if self._session is None:
                 self._session = aiohttp.ClientSession()
@@ -181,13 +196,26 @@ class PangoCDPClient:
             )
 
     async def aclose(self) -> None:
-        """Close what the client owns: its session, and its scheduler (which saves state)."""
+        """Close what the client owns: its session, and its scheduler (which saves state).
+
+        The client can be opened again (``async with`` a second time): it then makes a new
+        session (if it owns one) and authenticates again on first use.
+        """
         if self._owns_limiter:
             await self.limiter.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
-            self._transport = None
+        if self._owns_session or self._session is None or self._session.closed:
+            self._transport = None if self._injected_transport is None else self._transport
+        self._earlier_auth_calls = self.auth_calls
+        self._tokens = None  # bound to the old transport; the next open() makes a new one
+        self._open = False
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the client is closed (never opened, or closed by ``aclose``)."""
+        return not self._open
 
     @property
     def stats(self) -> ClientStats:
@@ -198,7 +226,8 @@ class PangoCDPClient:
     @property
     def auth_calls(self) -> int:
         """How many times this client called the auth API."""
-        return self._tokens.auth_calls if isinstance(self._tokens, TokenManager) else 0
+        current = self._tokens.auth_calls if isinstance(self._tokens, TokenManager) else 0
+        return self._earlier_auth_calls + current
 
     # --- one request ---------------------------------------------------------------------------
     async def ingest(
@@ -232,7 +261,7 @@ class PangoCDPClient:
         ).wire_fields()
         items = check_entries(entries)
         body = encode_body(envelope, items)
-        return await self.send_encoded(body, entries=len(items), init_data=init_data,
+        return await self._send_encoded(body, entries=len(items), init_data=init_data,
                                        max_wait=self.retry.time_budget_s)
 
     async def ingest_many(
@@ -264,14 +293,17 @@ class PangoCDPClient:
 
         >>> report = await client.ingest_many("order", rows(), source="POS")  # doctest: +SKIP
         """
-        pipeline = self._pipeline(
-            object_type, source=source, init_data=init_data, je_config_id=je_config_id,
-            je_event_key=je_event_key, ignored_update_cfs=ignored_update_cfs,
+        options = BulkOptions(
+            retry=retry if retry is not None else self.retry, init_data=init_data,
             concurrency=concurrency, batch_size=batch_size, max_batch_bytes=max_batch_bytes,
-            retry=retry, dead_letter=dead_letter, on_progress=on_progress, linger=None,
-            shutdown_timeout=shutdown_timeout,
+            dead_letter=dead_letter, on_progress=on_progress, shutdown_timeout=shutdown_timeout,
         )
-        return await pipeline.run(records)
+        run = self._bulk_run(object_type, source, je_config_id, je_event_key,
+                             ignored_update_cfs, options)
+        try:
+            return await run.run(records)
+        finally:
+            self.last_report = run.report
 
     def stream(
         self,
@@ -298,52 +330,45 @@ class PangoCDPClient:
         ...     await stream.send({"orderId": "A-1"})
         >>> stream.report.records_accepted                                # doctest: +SKIP
         """
-        pipeline = self._pipeline(
-            object_type, source=source, init_data=init_data, je_config_id=je_config_id,
-            je_event_key=je_event_key, ignored_update_cfs=ignored_update_cfs,
+        options = BulkOptions(
+            retry=retry if retry is not None else self.retry, init_data=init_data,
             concurrency=concurrency, batch_size=batch_size, max_batch_bytes=max_batch_bytes,
-            retry=retry, dead_letter=dead_letter, on_progress=on_progress, linger=linger,
-            shutdown_timeout=shutdown_timeout,
+            dead_letter=dead_letter, on_progress=on_progress, shutdown_timeout=shutdown_timeout,
+            linger=linger, max_pending=max_pending,
         )
-        return IngestStream(
-            pipeline, max_pending if max_pending is not None else batch_size * concurrency
-        )
+        run = self._bulk_run(object_type, source, je_config_id, je_event_key,
+                             ignored_update_cfs, options)
+        return IngestStream(run, options.pending_limit, on_report=self._set_last_report)
 
-    def _pipeline(
-        self, object_type: str, *, source: str, init_data: bool, je_config_id: str | None,
-        je_event_key: str | None, ignored_update_cfs: list[str] | None, concurrency: int,
-        batch_size: int, max_batch_bytes: int | None, retry: RetryPolicy | None,
-        dead_letter: DeadLetter | None, on_progress: Callable[[IngestReport], Any] | None,
-        linger: float | None, shutdown_timeout: float,
-    ) -> Pipeline:
+    def _set_last_report(self, report: IngestReport) -> None:
+        self.last_report = report
+
+    def _bulk_run(self, object_type: str, source: str, je_config_id: str | None,
+                  je_event_key: str | None, ignored_update_cfs: list[str] | None,
+                  options: BulkOptions) -> BulkRun:
         if self._transport is None:
             raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
         envelope = make_envelope(
             object_type, source, je_config_id=je_config_id, je_event_key=je_event_key,
             ignored_update_cfs=ignored_update_cfs,
         ).wire_fields()
-        return Pipeline(
-            self, EntryEncoder(envelope), init_data=init_data, concurrency=concurrency,
-            batch_size=batch_size, max_batch_bytes=max_batch_bytes,
-            retry=retry if retry is not None else self.retry, dead_letter=dead_letter,
-            on_progress=on_progress, linger=linger, shutdown_timeout=shutdown_timeout,
-        )
+        return BulkRun(self._send_encoded, EntryEncoder(envelope), options, stats=self._stats)
 
-    async def send_encoded(
+    async def _send_encoded(
         self,
         body: bytes,
         *,
         entries: int,
         init_data: bool,
         max_wait: float | None = None,
-        sending: set[asyncio.Task[Any]] | None = None,
+        tracker: SendTracker | None = None,
     ) -> IngestResult:
         """Send one already encoded body: reserve a slot, POST, interpret the answer.
 
         Every attempt takes its own reservation, just before it is sent. ``max_wait`` bounds the
-        wait for a slot (:class:`QuotaWaitError` beyond it, with nothing sent). While a POST is
-        under way the current task is in ``sending`` (so a caller shutting down can tell a task
-        with a request in flight from one still waiting for its slot).
+        wait for a slot (:class:`QuotaWaitError` beyond it, with nothing sent). ``tracker``
+        hears when a POST starts and whether it ended with an answer (so a bulk run shutting
+        down can tell "in flight" and "in doubt" from "not sent").
         """
         if self._transport is None or self._tokens is None:
             raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
@@ -369,27 +394,30 @@ class PangoCDPClient:
             attempts += 1
             stats.started()
             started = self._clock()
-            task = None if sending is None else asyncio.current_task()
-            if task is not None:
-                sending.add(task)  # type: ignore[union-attr]  # (task is None without a set)
+            if tracker is not None:
+                tracker.started()
             try:
                 response = await transport.post(url, body=body, headers=headers)
             except APIConnectionError as exc:
                 limiter.complete(reservation, counted=exc.maybe_sent)
                 stats.failed()
+                if tracker is not None:
+                    tracker.finished(answered=not exc.maybe_sent)
                 raise
             except BaseException:
                 limiter.complete(reservation)
                 stats.failed()
+                if tracker is not None:
+                    tracker.finished(answered=False)
                 raise
-            finally:
-                if task is not None:
-                    sending.discard(task)  # type: ignore[union-attr]
             limiter.complete(reservation, rejected=response.status == 429)
+            if tracker is not None:
+                tracker.finished(answered=True)
             latency = self._clock() - started
-            stats.answered(response.status, latency, entries)
             parsed = parse_body(response.body)
             error = error_for(response, parsed)
+            # (a 200 whose body says it failed is counted by its status, but not as accepted)
+            stats.answered(response.status, latency, entries if error is None else 0)
             if error is None:
                 remaining = parse_remaining(response)
                 if remaining is not None:

@@ -11,8 +11,10 @@
      │    │    └── QuotaWaitError      not sent: the quota scheduler would wait past the budget
      │    ├── ServerError              5xx (retriable)
      │    └── UnsuccessfulResponseError  200 whose body says ``"success": false``
-     └── APIConnectionError            no usable answer (retriable)
-          └── APITimeoutError          the request timed out
+     ├── APIConnectionError            no usable answer (retriable)
+     │    └── APITimeoutError          the request timed out
+     └── PipelineError                 a bulk run stopped early (``report`` says what happened)
+          └── RecordSourceError        the records' iterable raised (the error is ``__cause__``)
 
 Whether an error is worth retrying is a property of its class (``retriable``), not of lists kept
 elsewhere. ``APIConnectionError.maybe_sent`` says whether the request may have reached the server,
@@ -24,7 +26,10 @@ message, the HTTP status and the request id only.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ._results import IngestReport
 
 __all__ = [
     "APIConnectionError",
@@ -33,8 +38,10 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "PangoCDPError",
+    "PipelineError",
     "QuotaWaitError",
     "RateLimitedError",
+    "RecordSourceError",
     "RequestValidationError",
     "ServerError",
     "UnsuccessfulResponseError",
@@ -159,3 +166,18 @@ class APIConnectionError(PangoCDPError):
 
 class APITimeoutError(APIConnectionError):
     """The request did not complete within the configured timeout."""
+
+
+class PipelineError(PangoCDPError):
+    """A bulk run (``ingest_many`` or a stream) stopped early: a sender crashed (a bug, or an
+    argument that only fails when a request is sent). ``report`` accounts for every record read:
+    accepted, failed, unsent or in doubt."""
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class RecordSourceError(PipelineError):
+    """The records' iterable raised; reading stopped, what was read is accounted for in
+    ``report``, and the original error is ``__cause__``."""

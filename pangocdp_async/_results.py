@@ -7,7 +7,8 @@ from typing import Any
 
 from ._exceptions import APIStatusError, PangoCDPError, RequestValidationError
 
-__all__ = ["ClientStats", "IngestReport", "IngestResult", "RecordFailure", "UnsentRecord"]
+__all__ = ["ClientStats", "InDoubtRecord", "IngestReport", "IngestResult", "RecordFailure",
+           "UnsentRecord"]
 
 
 @dataclass(slots=True)  # not frozen: one is made per request, and frozen ones cost 3x to build
@@ -55,15 +56,31 @@ class UnsentRecord:
     record: Any
 
 
+@dataclass(frozen=True, slots=True)
+class InDoubtRecord:
+    """A record whose request may have reached the server, with no answer to say whether it was
+    stored (the shutdown timeout ran out while it was in flight, or its connection broke after
+    sending on the last attempt). ``error`` is the last error, if any. Sending it again may
+    store it twice; not sending it may lose it."""
+
+    position: int
+    record: Any
+    error: PangoCDPError | None = None
+
+
 @dataclass
 class IngestReport:
     """A result for every record of an ``ingest_many`` or ``stream`` run.
 
-    Every record read ends in exactly one of: accepted (counted), ``failures`` (with the error)
-    or ``unsent`` (the run was cancelled or its source failed). Records from position
-    ``records_read`` on were never read. ``possible_duplicates`` counts accepted records whose
-    earlier attempt may have reached the server (a connection broke after sending), so the
-    server may hold them twice.
+    Every record read ends in exactly one of four places: accepted (counted), ``failures``
+    (with the error; the server's when it refused it), ``unsent`` (the run stopped before it
+    was sent, so sending it again is safe) or ``in_doubt`` (it may have reached the server and
+    no answer says whether it was stored). So, after any return or raise,
+    ``records_accepted + records_failed + records_unsent + records_in_doubt == records_read``.
+    Records from position ``records_read`` on were never read. ``possible_duplicates`` counts
+    accepted records whose earlier attempt may have reached the server (a connection broke
+    after sending), so the server may hold them twice. ``dead_letter_error`` is the error of a
+    dead-letter sink that failed (its records are still in ``failures``).
     """
 
     records_accepted: int = 0
@@ -77,21 +94,28 @@ class IngestReport:
     cancelled: bool = False
     failures: list[RecordFailure] = field(default_factory=list)
     unsent: list[UnsentRecord] = field(default_factory=list)
+    in_doubt: list[InDoubtRecord] = field(default_factory=list)
+    dead_letter_error: BaseException | None = None
 
     @property
     def records_unsent(self) -> int:
         return len(self.unsent)
 
     @property
+    def records_in_doubt(self) -> int:
+        return len(self.in_doubt)
+
+    @property
     def complete(self) -> bool:
         """Every record read was accepted or reported failed, and the run was not cut short."""
-        return not self.unsent and not self.cancelled
+        return not self.unsent and not self.in_doubt and not self.cancelled
 
     def summary(self) -> str:
         rate = self.records_accepted / self.elapsed_s if self.elapsed_s > 0 else 0.0
         text = (
             f"{self.records_accepted:,} accepted, {self.records_failed:,} failed, "
-            f"{self.records_unsent:,} unsent of {self.records_read:,} read; "
+            f"{self.records_unsent:,} unsent, {self.records_in_doubt:,} in doubt of "
+            f"{self.records_read:,} read; "
             f"{self.requests:,} requests, {self.retries:,} retries, {self.rate_limited} x 429; "
             f"{self.elapsed_s:.1f} s ({rate:,.0f} records/s)"
         )

@@ -21,7 +21,8 @@ def test_public_names_are_exactly_these() -> None:
         "PangoCDPError", "Policy", "QuotaScheduler", "QuotaStore", "QuotaWaitError", "RateLimit",
         "RateLimitedError", "RawResponse", "RequestValidationError", "Reservation",
         "SQLiteQuotaStore", "ServerError", "Transport", "UnsuccessfulResponseError",
-        "ClientStats", "IngestReport", "IngestStream", "PipelineError", "RecordFailure",
+        "ClientStats", "InDoubtRecord", "IngestReport", "IngestStream", "PipelineError",
+        "RecordFailure",
         "RecordSourceError", "RetryPolicy", "UnsentRecord",
     }
 

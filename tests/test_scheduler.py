@@ -467,10 +467,10 @@ def test_a_closed_loop_leaves_nothing_behind() -> None:
     s = QuotaScheduler([RateLimit(2, 0.2)], margin=NO_MARGIN)
     loop = asyncio.new_event_loop()
 
-    async def strand() -> list[asyncio.Future[Reservation]]:
+    async def strand() -> list[asyncio.Task[Reservation]]:
         await s.reserve()  # never completed
         # the second starts, the third queues: the window is full in flight
-        pending = [asyncio.ensure_future(s.reserve()) for _ in range(2)]
+        pending = [asyncio.create_task(s.reserve()) for _ in range(2)]
         await asyncio.sleep(0)
         return pending
     stranded = loop.run_until_complete(strand())

@@ -1,0 +1,124 @@
+"""Where every record read ends: accepted, failed, unsent or in doubt. One writer of the report.
+
+A sender's :class:`SenderState` says which of its batch's records are already settled (a batch
+being split settles part by part) and whether a request for it may have reached the server
+without an answer; the run's shutdown uses it to put each unsettled record in the right place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .._batching import Batch
+from .._exceptions import PangoCDPError
+from .._results import InDoubtRecord, IngestReport, RecordFailure, UnsentRecord
+from ._sink import DeadLetterSink
+
+__all__ = ["Ledger", "SenderState"]
+
+logger = logging.getLogger("pangocdp_async")
+
+_EMPTY = Batch()
+
+
+class SenderState:
+    """One sender's batch under way. Also the client's send tracker: ``started`` when a request
+    is handed to the transport, ``finished(answered)`` when it returns or fails."""
+
+    __slots__ = ("batch", "doubt", "in_flight", "isolating", "settled")
+
+    def __init__(self) -> None:
+        self.batch = _EMPTY
+        self.settled: set[int] = set()
+        self.in_flight = False
+        self.doubt = False  # an attempt may have reached the server with no answer
+        self.isolating = False
+
+    def begin(self, batch: Batch) -> None:
+        self.batch = batch
+        self.settled = set()
+        self.doubt = False
+
+    def end(self) -> None:
+        self.batch = _EMPTY
+
+    def started(self) -> None:
+        self.in_flight = True
+
+    def finished(self, answered: bool) -> None:
+        self.in_flight = False
+        if not answered:
+            self.doubt = True
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether a request for the unsettled records may have reached the server."""
+        return self.in_flight or self.doubt
+
+    def unsettled(self) -> Batch:
+        batch = self.batch
+        if not self.settled:
+            return batch
+        keep = [i for i, pos in enumerate(batch.positions) if pos not in self.settled]
+        return batch.select(keep)
+
+
+class Ledger:
+    """Puts records in the report (and failures in the dead-letter sink)."""
+
+    __slots__ = ("report", "sink")
+
+    def __init__(self, report: IngestReport, sink: DeadLetterSink) -> None:
+        self.report = report
+        self.sink = sink
+
+    def accepted(self, batch: Batch, state: SenderState, *, maybe_duplicate: bool) -> None:
+        self.report.records_accepted += len(batch)
+        if maybe_duplicate:
+            self.report.possible_duplicates += len(batch)
+        state.settled.update(batch.positions)
+
+    async def failed(self, positions: list[int], records: list[Any], error: PangoCDPError,
+                     state: SenderState | None = None) -> None:
+        report = self.report
+        report.records_failed += len(positions)
+        failures = [RecordFailure(pos, record, error)
+                    for pos, record in zip(positions, records, strict=True)]
+        report.failures.extend(failures)
+        if state is not None:
+            state.settled.update(positions)
+        logger.warning("%d record(s) failed (first at position %d): %s",
+                       len(positions), positions[0], error)
+        for failure in failures:  # after they are in the report: a cancelled write loses none
+            await self.sink.write(failure)
+        report.dead_letter_error = self.sink.error
+
+    def in_doubt(self, batch: Batch, error: PangoCDPError | None = None,
+                 state: SenderState | None = None) -> None:
+        self.report.in_doubt.extend(
+            InDoubtRecord(pos, entry, error)
+            for pos, entry in zip(batch.positions, batch.entries, strict=True))
+        if state is not None:
+            state.settled.update(batch.positions)
+        if batch.positions:
+            logger.warning("%d record(s) in doubt (first at position %d): %s", len(batch),
+                           batch.positions[0], error or "no answer before the run stopped")
+
+    def unsent(self, batches: Iterable[Batch]) -> None:
+        unsent = self.report.unsent
+        for batch in batches:
+            unsent.extend(UnsentRecord(pos, entry)
+                          for pos, entry in zip(batch.positions, batch.entries, strict=True))
+
+    def stopped(self, state: SenderState) -> None:
+        """A sender stopped (cancelled or crashed) with a batch under way: its unsettled
+        records are in doubt if a request for them may have arrived, else unsent."""
+        rest = state.unsettled()
+        if rest.entries:
+            if state.uncertain:
+                self.in_doubt(rest)
+            else:
+                self.unsent([rest])
+        state.end()

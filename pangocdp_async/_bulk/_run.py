@@ -1,0 +1,390 @@
+"""One bulk run: wires the reader, the accumulator, the senders and the ledger; owns shutdown
+and the report.
+
+Two ways in. A plain iterable cut by count only is read by the senders themselves, a batch at a
+time, with nothing in between (the fast path). An async iterable, a byte limit or a stream goes
+through a reader task that encodes each record once and a queue of at most ``2 x concurrency``
+batches. Either way memory stays flat whatever the input size.
+
+Every exit path (the end, cancellation, the source raising, a sender crashing) goes through
+:meth:`BulkRun._shutdown`, which leaves every record read in exactly one place of the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from .._batching import Batch, EntryEncoder
+from .._exceptions import PipelineError, RecordSourceError, RequestValidationError
+from .._results import IngestReport
+from .._stats import StatsRecorder
+from ._accumulator import Accumulator, SourceFailed
+from ._ledger import Ledger, SenderState
+from ._options import BulkOptions
+from ._sender import BatchSender, SendBody
+from ._sink import DeadLetterSink
+
+__all__ = ["END", "BulkRun", "Encoded", "Flush"]
+
+logger = logging.getLogger("pangocdp_async")
+
+
+class _End:
+    pass
+
+
+class _Wake:
+    pass
+
+
+END = _End()  # the stream's last item
+_WAKE = _Wake()  # the linger timer's nudge to a reader waiting on an empty queue
+
+
+class Encoded:
+    """A record a stream already validated and encoded in ``send``."""
+
+    __slots__ = ("entry", "part", "position")
+
+    def __init__(self, position: int, entry: dict[str, Any], part: bytes) -> None:
+        self.position = position
+        self.entry = entry
+        self.part = part
+
+
+class Flush:
+    """Marker: send everything read so far; ``done`` gets the number of batches emitted."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, done: asyncio.Future[int]) -> None:
+        self.done = done
+
+
+class BulkRun:
+    """Built by ``PangoCDPClient.ingest_many`` and ``PangoCDPClient.stream``; used once."""
+
+    def __init__(self, send: SendBody, encoder: EntryEncoder, options: BulkOptions, *,
+                 stats: StatsRecorder, rng: random.Random | None = None) -> None:
+        self.options = options
+        self.encoder = encoder
+        self.accumulator = Accumulator(encoder, options.batch_size, options.max_batch_bytes)
+        self.report = IngestReport()
+        self._stats = stats
+        self._sink: DeadLetterSink | None = None
+        self._ledger: Ledger | None = None
+        self._send = send
+        self._rng = rng
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * options.concurrency)
+        self._states: dict[asyncio.Task[None], SenderState] = {}
+        self._emitting: Batch | None = None
+        self._source_queue: asyncio.Queue[Any] | None = None
+        self._emitted = 0
+        self._delivered = 0
+        self._progress = asyncio.Condition()
+        self._stopping = False
+        self._started = False
+        #: Largest number of batches seen waiting in the queue (for tests of backpressure).
+        self.max_queue_depth = 0
+
+    # --- the run -----------------------------------------------------------------------------
+    async def run(self, records: Iterable[Any] | AsyncIterable[Any]) -> IngestReport:
+        """Send every record; return the report (also on ``self.report`` whatever happens)."""
+        if isinstance(records, asyncio.Queue):
+            raise TypeError(
+                "records must be an iterable or async iterable; an asyncio.Queue has no end. "
+                "Use client.stream() to send records one at a time"
+            )
+        if isinstance(records, (str, bytes, dict)) or not isinstance(
+            records, (Iterable, AsyncIterable)
+        ):
+            raise TypeError(f"records must be an iterable or async iterable of mappings, "
+                            f"got {type(records).__name__}")
+        return await self._run(records)
+
+    async def run_queue(self, queue: asyncio.Queue[Any]) -> IngestReport:
+        """The stream's way in: records (and markers) from ``queue`` until an end marker."""
+        self._source_queue = queue
+        return await self._run(queue)
+
+    async def _run(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
+                   ) -> IngestReport:
+        if self._started:
+            raise RuntimeError("a bulk run is used once")
+        self._started = True
+        options = self.options
+        self._sink = DeadLetterSink(options.dead_letter)  # a bad path fails here, before I/O
+        ledger = self._ledger = Ledger(self.report, self._sink)
+        sender = BatchSender(self._send, encoder=self.encoder, init_data=options.init_data,
+                             retry=options.retry, ledger=ledger, stats=self._stats,
+                             rng=self._rng)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        depth = self._queue.qsize
+        self._stats.queue_depth.add(depth)
+        reader: asyncio.Task[None] | None = None
+        if (isinstance(source, Iterable) and not isinstance(source, asyncio.Queue)
+                and options.max_batch_bytes is None and options.linger is None):
+            # A plain iterable cut by count only: each sender reads and encodes its own next
+            # batch (synchronously, so senders never interleave), with no queue in between.
+            iterator = iter(source)
+            loops = [self._read_and_send(iterator, sender) for _ in range(options.concurrency)]
+        else:
+            reader = asyncio.ensure_future(self._read(source))
+            loops = [self._send_loop(sender) for _ in range(options.concurrency)]
+        senders = [asyncio.create_task(loop_) for loop_ in loops]
+        try:
+            pending: set[asyncio.Future[None]] = set(senders)
+            if reader is not None:
+                pending.add(reader)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                for finished in done:
+                    exc = finished.exception()
+                    if exc is None:
+                        continue
+                    await self._shutdown(reader, senders)
+                    raise self._error_for(exc, is_reader=finished is reader) from (
+                        exc.__cause__ if isinstance(exc, SourceFailed) else exc)
+        except asyncio.CancelledError:
+            self.report.cancelled = True
+            await asyncio.shield(self._shutdown(reader, senders))
+            logger.warning("ingest cancelled: %s", self.report.summary())
+            raise
+        finally:
+            self.report.elapsed_s = loop.time() - started
+            self._stats.queue_depth.discard(depth)
+            self._sink.close()
+        logger.info("ingest finished: %s", self.report.summary())
+        return self.report
+
+    def _error_for(self, exc: BaseException, *, is_reader: bool) -> PipelineError:
+        report = self.report
+        if is_reader or isinstance(exc, SourceFailed):
+            cause = exc.__cause__ if isinstance(exc, SourceFailed) else exc
+            return RecordSourceError(
+                f"the record source raised {type(cause).__name__} after "
+                f"{report.records_read:,} records; {report.records_unsent:,} read but not sent",
+                report,
+            )
+        return PipelineError(
+            f"a sender crashed ({type(exc).__name__}: {exc}); {report.records_unsent:,} "
+            f"records not sent, {report.records_in_doubt:,} in doubt",
+            report,
+        )
+
+    async def _shutdown(self, reader: asyncio.Future[None] | None,
+                        senders: list[asyncio.Task[None]]) -> None:
+        """Stop reading; let requests under way finish within the timeout; put every record
+        not yet settled in ``unsent`` or ``in_doubt``."""
+        assert self._ledger is not None
+        ledger = self._ledger
+        self._stopping = True
+        async with self._progress:
+            self._progress.notify_all()  # nobody waits in flush() for a run that stopped
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        queued = [b for b in (self._emitting, self.accumulator.drain()) if b is not None]
+        self._emitting = None
+        if self._source_queue is not None:  # a stream: records handed over, not yet read
+            leftover = Batch()
+            while not self._source_queue.empty():
+                item = self._source_queue.get_nowait()
+                if isinstance(item, Encoded):
+                    leftover.add(item.position, item.entry, item.part)
+                    self.report.records_read = max(self.report.records_read, item.position + 1)
+                elif isinstance(item, Flush) and not item.done.done():
+                    item.done.set_result(self._emitted)
+            queued.append(leftover)
+        while not self._queue.empty():
+            batch = self._queue.get_nowait()
+            if batch is not None:
+                queued.append(batch)
+        ledger.unsent(queued)
+        for _ in senders:
+            self._queue.put_nowait(None)
+        running = [t for t in senders if not t.done()]
+        # Senders with no request under way (waiting for a quota slot, a 429 pause or a
+        # backoff) stop at once; one with a request in flight, or splitting a refused batch,
+        # gets the timeout to hear its answers.
+        states = self._states
+        idle = [t for t in running if not states[t].in_flight and not states[t].isolating]
+        busy = [t for t in running if t not in idle]
+        late: set[asyncio.Task[None]] = set(idle)
+        if busy:
+            _, still = await asyncio.wait(busy, timeout=self.options.shutdown_timeout)
+            late |= still
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for task in senders:  # cancelled, or crashed, with a batch under way
+            state = states.get(task)
+            if state is not None and state.batch.entries:
+                ledger.stopped(state)
+
+    # --- reading -------------------------------------------------------------------------------
+    async def _read_and_send(self, records: Iterator[Any], sender: BatchSender) -> None:
+        state = self._state()
+        accumulator = self.accumulator
+        report = self.report
+        assert self._ledger is not None
+        ledger = self._ledger
+        while not self._stopping:
+            try:
+                batch, refused = accumulator.take(records)
+            except SourceFailed as failed:
+                report.records_read = accumulator.read
+                ledger.unsent([failed.partial])
+                for pos, record, error in failed.refused:
+                    await ledger.failed([pos], [record], error)
+                raise
+            report.records_read = accumulator.read
+            for pos, record, error in refused:
+                await ledger.failed([pos], [record], error)
+            if batch is None:
+                return
+            if batch:
+                state.begin(batch)
+                await sender.deliver(batch, state)
+                state.end()
+                await self._after_batch()
+
+    async def _read(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
+                    ) -> None:
+        await self._read_each(source)
+        for _ in range(self.options.concurrency):
+            await self._queue.put(None)
+
+    async def _items(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
+                     ) -> AsyncIterator[Any]:
+        if isinstance(source, asyncio.Queue):
+            while True:
+                # A plain get, never wrapped in a timeout: Queue.get is cancellation-safe, and
+                # wait_for around it is not on Python < 3.12. Linger wakes it with _WAKE.
+                item = await source.get()
+                if item is END:
+                    return
+                yield item
+        elif isinstance(source, AsyncIterable):
+            async for item in source:
+                yield item
+        else:
+            for item in source:
+                yield item
+                await asyncio.sleep(0)  # a plain iterable never yields on its own
+
+    async def _read_each(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
+                         ) -> None:
+        loop = asyncio.get_running_loop()
+        accumulator = self.accumulator
+        report = self.report
+        assert self._ledger is not None
+        ledger = self._ledger
+        linger = self.options.linger
+        deadline: float | None = None  # when the partial batch must leave
+        timer: asyncio.TimerHandle | None = None
+        wake = source.put_nowait if isinstance(source, asyncio.Queue) else None
+        try:
+            async for item in self._items(source):
+                if item is _WAKE:
+                    if deadline is not None and loop.time() >= deadline:
+                        await self._emit(accumulator.drain())
+                        deadline = None
+                    continue
+                if isinstance(item, Flush):
+                    await self._emit(accumulator.drain())
+                    deadline = None
+                    item.done.set_result(self._emitted)
+                    continue
+                if isinstance(item, Encoded):
+                    accumulator.read = max(accumulator.read, item.position + 1)
+                    position, entry, part = item.position, item.entry, item.part
+                else:
+                    try:
+                        position, entry, part = accumulator.encode(item)
+                    except RequestValidationError as exc:
+                        report.records_read = accumulator.read
+                        await ledger.failed([accumulator.read - 1], [item], exc)
+                        continue
+                report.records_read = accumulator.read
+                was_empty = not accumulator.partial.entries
+                for batch in accumulator.add(position, entry, part):
+                    await self._emit(batch)
+                    deadline = None
+                if linger is not None and accumulator.partial.entries and (
+                    was_empty or deadline is None
+                ):
+                    deadline = loop.time() + linger
+                    if timer is not None:
+                        timer.cancel()
+                    if wake is not None:
+                        timer = loop.call_at(deadline, _nudge, wake)
+                if deadline is not None and loop.time() >= deadline:
+                    await self._emit(accumulator.drain())
+                    deadline = None
+            await self._emit(accumulator.drain())
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _emit(self, batch: Batch | None) -> None:
+        if batch is None:
+            return
+        # Until the queue takes it the batch is held here: a reader cancelled while waiting
+        # for room (Queue.put is cancellation-safe) leaves it where shutdown will find it.
+        self._emitting = batch
+        await self._queue.put(batch)
+        self._emitting = None
+        self._emitted += 1
+        self.max_queue_depth = max(self.max_queue_depth, self._queue.qsize())
+
+    async def flush(self, queue: asyncio.Queue[Any]) -> None:
+        """Send everything read so far and wait until it is settled (the stream's flush)."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await queue.put(Flush(done))
+        target = await done
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._delivered >= target or self._stopping)
+
+    # --- sending -------------------------------------------------------------------------------
+    def _state(self) -> SenderState:
+        task = asyncio.current_task()
+        assert task is not None
+        state = self._states[task] = SenderState()
+        return state
+
+    async def _send_loop(self, sender: BatchSender) -> None:
+        state = self._state()
+        queue = self._queue
+        while True:
+            batch = await queue.get()
+            if batch is None:
+                return
+            state.begin(batch)
+            await sender.deliver(batch, state)
+            state.end()
+            await self._after_batch()
+
+    async def _after_batch(self) -> None:
+        self._delivered += 1
+        if self.options.linger is not None:  # a stream: someone may be waiting in flush()
+            async with self._progress:
+                self._progress.notify_all()
+        callback = self.options.on_progress
+        if callback is not None:
+            result = callback(self.report)
+            if inspect.isawaitable(result):
+                await result
+
+
+def _nudge(put: Any) -> None:
+    # A full queue means the reader has records to read; it checks the deadline after each.
+    with contextlib.suppress(asyncio.QueueFull):
+        put(_WAKE)

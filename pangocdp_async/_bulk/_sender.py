@@ -1,0 +1,147 @@
+"""One batch -> its outcome: retries by the policy, the search for refused entries, and the
+report's entries for it. Sends through an injected callable; knows nothing of the client."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Awaitable
+from typing import Protocol
+
+from .._batching import Batch, EntryEncoder
+from .._exceptions import (
+    APIConnectionError,
+    BadRequestError,
+    PangoCDPError,
+    QuotaWaitError,
+    RateLimitedError,
+)
+from .._results import IngestResult
+from .._retry import Decision, RetryPolicy, backoff_delay, decide
+from .._stats import StatsRecorder
+from ._ledger import Ledger, SenderState
+
+__all__ = ["BatchSender", "SendBody"]
+
+# A server message that names the refused entry, such as "entries[7]: Missing momCode".
+_ENTRY_INDEX = re.compile(r"entries\s*\[\s*(\d+)\s*\]")
+
+
+class SendBody(Protocol):
+    """One encoded request through the quota scheduler and the transport (the client's)."""
+
+    def __call__(self, body: bytes, *, entries: int, init_data: bool, max_wait: float | None,
+                 tracker: SenderState) -> Awaitable[IngestResult]: ...
+
+
+class BatchSender:
+    """Delivers batches until each record is accepted, failed (with the error) or in doubt."""
+
+    def __init__(self, send: SendBody, *, encoder: EntryEncoder, init_data: bool,
+                 retry: RetryPolicy, ledger: Ledger, stats: StatsRecorder,
+                 rng: random.Random | None = None) -> None:
+        self._send = send
+        self._encoder = encoder
+        self._init_data = init_data
+        self._retry = retry
+        self._ledger = ledger
+        self._stats = stats
+        self._rng = rng if rng is not None else random.Random()
+
+    async def deliver(self, batch: Batch, state: SenderState, *,
+                      isolate: bool = True) -> PangoCDPError | None:
+        """Send ``batch`` until it is settled. Returns ``None`` if accepted, else the final
+        error. With ``isolate=False`` a 400 for several entries is returned unsettled, for the
+        caller to search."""
+        report = self._ledger.report
+        policy = self._retry
+        loop = asyncio.get_running_loop()
+        first_try = loop.time()
+        attempts = 0
+        rate_limited = 0
+        maybe_sent = False
+        body = self._encoder.batch_body(batch)
+        while True:
+            attempts += 1
+            # A retry waits for a quota slot within what is left of the batch's budget; the
+            # first attempt waits as long as pacing needs.
+            max_wait = (None if attempts == 1
+                        else max(0.0, policy.time_budget_s - (loop.time() - first_try)))
+            try:
+                result = await self._send(body, entries=len(batch), init_data=self._init_data,
+                                          max_wait=max_wait, tracker=state)
+            except QuotaWaitError as exc:  # nothing was sent this time
+                await self._settle_failure(batch, state, exc, maybe_sent)
+                return exc
+            except PangoCDPError as exc:
+                report.requests += 1
+                if isinstance(exc, APIConnectionError) and exc.maybe_sent:
+                    maybe_sent = True
+                if isinstance(exc, RateLimitedError):
+                    rate_limited += 1
+                    report.rate_limited += 1
+                decision = decide(exc, attempts=attempts, rate_limited=rate_limited,
+                                  elapsed_s=loop.time() - first_try, entries=len(batch),
+                                  policy=policy)
+                if decision is Decision.SPLIT and isinstance(exc, BadRequestError):
+                    if isolate:
+                        outermost = not state.isolating
+                        state.isolating = True
+                        try:
+                            await self._isolate(batch, exc, state)
+                        finally:
+                            if outermost:
+                                state.isolating = False
+                    return exc
+                if decision is Decision.FAIL:
+                    await self._settle_failure(batch, state, exc, maybe_sent)
+                    return exc
+                report.retries += 1
+                self._stats.retries += 1
+                if decision is Decision.RETRY:
+                    await asyncio.sleep(backoff_delay(attempts, policy, self._rng))
+                continue  # AFTER_PAUSE: the scheduler holds the next reservation back
+            report.requests += result.attempts
+            self._ledger.accepted(batch, state, maybe_duplicate=maybe_sent)
+            return None
+
+    async def _settle_failure(self, batch: Batch, state: SenderState, error: PangoCDPError,
+                              maybe_sent: bool) -> None:
+        """A final error: failed, unless an attempt may have stored the batch unanswered (then
+        in doubt). A refusal (400) is an answer about the content: always failed."""
+        if maybe_sent and not isinstance(error, BadRequestError):
+            self._ledger.in_doubt(batch, error, state)
+        else:
+            await self._ledger.failed(batch.positions, batch.entries, error, state)
+
+    async def _isolate(self, batch: Batch, error: BadRequestError, state: SenderState) -> None:
+        """``batch`` was refused with 400: find the refused entries, deliver the rest.
+
+        When the server's message names the entry (``entries[i]``), that entry is sent alone
+        (so it is reported with the server's own verdict) and the rest together: 2 requests.
+        Otherwise the batch is searched by halves: the left half is sent; if it is accepted, the
+        refused entry must be in the right half, which is searched without being sent whole;
+        if it is refused too, it is searched and the right half is delivered on its own. The
+        last suspect is always sent alone. One refused entry among 50 costs 6 to 12 extra
+        requests, 9.4 on average over its 50 possible places.
+        """
+        match = _ENTRY_INDEX.search(error.message or "")
+        if match is not None and int(match.group(1)) < len(batch):
+            index = int(match.group(1))
+            await self.deliver(batch.select([index]), state)
+            await self.deliver(batch.without(index), state)
+            return
+        while len(batch) > 1:
+            left, right = batch.split(len(batch) // 2 + len(batch) % 2)
+            left_error = await self.deliver(left, state, isolate=False)
+            if left_error is None:
+                batch = right  # the culprit is here; do not send it whole
+                continue
+            if isinstance(left_error, BadRequestError) and len(left) > 1:
+                await self._isolate(left, left_error, state)
+            # else: left failed for good and is reported (a single refused entry, or an error
+            # that is not a 400); either way the right half is unknown.
+            await self.deliver(right, state)
+            return
+        await self.deliver(batch, state)  # the last suspect, alone: the server's own verdict
