@@ -15,23 +15,11 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
-from multidict import CIMultiDict
-from yarl import URL
-
-from pangocdp_async import PangoCDPClient, RawResponse
-
-_OK = RawResponse(200, CIMultiDict(), b'{"success":true}')
-
-
-class InstantTransport:
-    """Answers 200 at once, keeping nothing."""
-
-    async def post(self, url: str | URL, *, body: bytes, headers: Mapping[str, str],
-                   params: Mapping[str, str] | None = None) -> RawResponse:
-        return _OK
+from pangocdp_async import PangoCDPClient
+from pangocdp_async.testing import InProcessTransport
 
 
 def records(n: int) -> Iterator[dict[str, Any]]:
@@ -43,7 +31,7 @@ def records(n: int) -> Iterator[dict[str, Any]]:
 
 async def run(n: int) -> int:
     async with PangoCDPClient(api_key="k", token="t", rate_limits=(),
-                              transport=InstantTransport()) as client:
+                              transport=InProcessTransport(keep_entries=False)) as client:
         report = await client.ingest_many("order", records(n), source="POS")
     assert report.records_accepted == n, report.summary()
     return report.requests

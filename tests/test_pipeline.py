@@ -16,7 +16,6 @@ from pangocdp_async import (
     BadRequestError,
     IngestReport,
     PangoCDPClient,
-    PipelineError,
     QuotaScheduler,
     RecordFailure,
     RecordSourceError,

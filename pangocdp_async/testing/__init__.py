@@ -1,6 +1,6 @@
-"""Test helpers, public: FakePangoCDP (a real server on loopback), a Bucket4j model of the
-server's limiter, an event loop that runs on virtual time, and a simulation of many senders
-against the model server."""
+"""Test helpers, public: FakePangoCDP (a real server on loopback), InProcessTransport (no
+sockets), a Bucket4j model of the server's limiter, an event loop that runs on virtual time,
+and a simulation of many senders against the model server."""
 
 from ._bucket4j import Bucket4jBucket, ConsumeResult, Refill
 from ._fake import FakePangoCDP, FakeRequest
@@ -16,6 +16,7 @@ from ._simulation import (
     token_bucket_ceiling,
     window_excess,
 )
+from ._transport import InProcessTransport, Respond, ok
 from ._virtual_time import VirtualTimeLoop, run_in_virtual_time
 
 __all__ = [
@@ -23,12 +24,15 @@ __all__ = [
     "ConsumeResult",
     "FakePangoCDP",
     "FakeRequest",
+    "InProcessTransport",
     "Refill",
+    "Respond",
     "SimulationResult",
     "VirtualTimeLoop",
     "greedy_server_ceiling",
     "lognormal_latency",
     "max_in_any_window",
+    "ok",
     "pareto_latency",
     "run_in_virtual_time",
     "scheduler_hooks",
