@@ -225,3 +225,15 @@ def test_a_bad_record_in_a_stream_is_refused_at_send() -> None:
     report = run_in_virtual_time(main())
     assert report.records_read == 1
     assert report.records_accepted == 1
+
+
+def test_the_readme_in_process_example_runs() -> None:
+    """The README's InProcessTransport example, as written there."""
+    async def main() -> None:
+        transport = InProcessTransport(latency=0.2)
+        async with PangoCDPClient(api_key="k", token="t", transport=transport) as client:
+            report = await client.ingest_many("order", ({"id": i} for i in range(500)),
+                                              source="POS")
+        assert report.records_accepted == len(transport.accepted) == 500
+
+    run_in_virtual_time(main())

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+from pathlib import Path
+
 import pangocdp_async
 import pangocdp_async.testing
 
 
-def test_all_names_exist_once() -> None:
-    """Every name in __all__ exists once (ruff's RUF022 keeps the list sorted)."""
+def test_all_names_exist_once_and_are_documented() -> None:
+    """Every name in __all__ exists once (ruff's RUF022 keeps the list sorted), and every
+    public class and function says what it is."""
     assert len(set(pangocdp_async.__all__)) == len(pangocdp_async.__all__)
-    for name in pangocdp_async.__all__:
-        assert getattr(pangocdp_async, name) is not None
+    for module in (pangocdp_async, pangocdp_async.testing):
+        for name in module.__all__:
+            obj = getattr(module, name)  # AttributeError if __all__ names a missing thing
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert obj.__module__.startswith("pangocdp_async"), name
+                assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def test_nothing_below_the_client_imports_it() -> None:
+    """Data flows one way: no module of the package but __init__ imports the client (the
+    bulk run gets what it needs handed in)."""
+    root = Path(pangocdp_async.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name in ("__init__.py", "_client.py", "__main__.py") and path.parent == root:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                assert not node.module.endswith("_client"), f"{path} imports the client"
 
 
 def test_public_names_are_exactly_these() -> None:
