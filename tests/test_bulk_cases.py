@@ -237,3 +237,21 @@ def test_the_readme_in_process_example_runs() -> None:
         assert report.records_accepted == len(transport.accepted) == 500
 
     run_in_virtual_time(main())
+
+
+def test_requests_in_flight_when_the_shutdown_timeout_runs_out_are_in_doubt() -> None:
+    """Cancelled while its request takes 10 s, with 0.5 s to finish: the batch is in doubt
+    (the server may have stored it), not unsent."""
+    async def main() -> IngestReport:
+        async with client_for(InProcessTransport(latency=10.0)) as client:
+            task = asyncio.ensure_future(client.ingest_many(
+                "order", [{"id": i} for i in range(50)], source="POS", shutdown_timeout=0.5))
+            await asyncio.sleep(1.0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert client.last_report is not None
+            return client.last_report
+    report = run_in_virtual_time(main())
+    assert report.records_in_doubt == 50
+    assert report.records_unsent == 0
