@@ -76,12 +76,12 @@ def assert_never_over(result: SimulationResult, limits: Sequence[RateLimit]) -> 
 # --- stalls ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("refill", ["greedy", "interval"])
 def test_stalls_never_cause_a_rejection(refill: Refill) -> None:
-    """20 minutes, documented windows, stalls of 0.3-2 s every ~10 s: 0 rejections and no
+    """10 minutes, documented windows, stalls of 0.3-2 s every ~10 s: 0 rejections and no
     window over capacity at the point of sending (before: 100 sends in one second)."""
     server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=PHASES[0])
-    result = run(QuotaScheduler(), server, 1 / 3, stalls=stalls(1 / 3, 1))
+    result = run(QuotaScheduler(), server, 1 / 6, stalls=stalls(1 / 6, 1))
     assert_never_over(result, DOCUMENTED_LIMITS)
-    assert result.sent >= 5_000 * 4  # the 5-minute window's pace
+    assert result.sent >= 5_000 * 2  # the 5-minute window's pace
 
 
 @pytest.mark.slow
@@ -97,10 +97,10 @@ def test_stalls_for_two_hours(refill: Refill) -> None:
 
 # --- heavy-tailed networks ------------------------------------------------------------------
 def test_lognormal_delays_against_interval_refill() -> None:
-    """Legs of lognormal(median 30 ms, sigma 1), interval refill: 0 rejections in 30 minutes
+    """Legs of lognormal(median 30 ms, sigma 1), interval refill: 0 rejections in 15 minutes
     (before: 2-8 per hour with a fixed margin)."""
     server = Bucket4jBucket(DOCUMENTED_LIMITS, "interval", phase=PHASES[2])
-    result = run(QuotaScheduler(), server, 0.5, latency_s=lognormal_latency(0.03, 1.0))
+    result = run(QuotaScheduler(), server, 0.25, latency_s=lognormal_latency(0.03, 1.0))
     assert_never_over(result, DOCUMENTED_LIMITS)
 
 
@@ -175,12 +175,12 @@ class _Hiccups(Bucket4jBucket):
 
 def test_stray_429s_in_one_episode_cost_little_when_the_server_says_what_is_left() -> None:
     """Five stray 429s a minute apart escalate until every window, the daily one included, is
-    modeled full; the next successes' X-Rate-Limit-Remaining undo that, so 20 minutes still
+    modeled full; the next successes' X-Rate-Limit-Remaining undo that, so 10 minutes still
     deliver at least 97% of what they do without them (before: 4.6/s for a day)."""
     def accepted(at: list[float]) -> int:
-        return run(QuotaScheduler(), _Hiccups(at), 1 / 3, senders=8).accepted
+        return run(QuotaScheduler(), _Hiccups(at), 1 / 6, senders=8).accepted
     clean = accepted([])
-    assert accepted([120.0 + 60 * k for k in range(5)]) >= 0.97 * clean
+    assert accepted([60.0 + 30 * k for k in range(5)]) >= 0.97 * clean
 
 
 @pytest.mark.slow
