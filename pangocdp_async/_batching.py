@@ -82,10 +82,16 @@ def prepare_entry(entry: object, index: int) -> dict[str, Any]:
     """One record as the dict orjson will encode, or a clear error naming its position."""
     if type(entry) is dict:
         return entry
-    if isinstance(entry, BaseModel):
-        return entry.model_dump(mode="python", by_alias=True)
-    if isinstance(entry, Mapping):
-        return dict(entry)
+    try:
+        if isinstance(entry, BaseModel):
+            return entry.model_dump(mode="python", by_alias=True)
+        if isinstance(entry, Mapping):
+            return dict(entry)
+    except Exception as exc:  # a model's serializer or a mapping's items raised
+        raise RequestValidationError(
+            f"entries[{index}]: could not be read as a mapping ({type(exc).__name__}: {exc})",
+            index=index,
+        ) from exc
     raise RequestValidationError(
         f"entries[{index}]: an entry must be a mapping or a pydantic model, "
         f"got {type(entry).__name__}",
@@ -191,6 +197,7 @@ class Batch:
     parts: list[bytes] = field(default_factory=list)
     body: bytes | None = None
     size: int = 0
+    seq: int = -1  # the order in which a run emitted it (for flush)
 
     def add(self, position: int, entry: dict[str, Any], part: bytes) -> None:
         self.size += len(part) + (1 if self.entries else 0)

@@ -29,6 +29,7 @@ from ._constants import (
     ENV_GROUP_KEY,
     ENV_INGEST_URL,
     ENV_USERNAME,
+    GATEWAY_STATUSES,
     HEADER_API_KEY,
     HEADER_TOKEN,
     MAX_ENTRIES_PER_REQUEST,
@@ -412,7 +413,8 @@ class PangoCDPClient:
                 raise
             limiter.complete(reservation, rejected=response.status == 429)
             if tracker is not None:
-                tracker.finished(answered=True)
+                # A gateway's 502 or 504 does not say whether the server behind it stored it.
+                tracker.finished(answered=response.status not in GATEWAY_STATUSES)
             latency = self._clock() - started
             parsed = parse_body(response.body)
             error = error_for(response, parsed)

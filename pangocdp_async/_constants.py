@@ -31,6 +31,7 @@ __all__ = [
     "ENV_GROUP_KEY",
     "ENV_INGEST_URL",
     "ENV_USERNAME",
+    "GATEWAY_STATUSES",
     "HEADER_API_KEY",
     "HEADER_RATE_LIMIT_REMAINING",
     "HEADER_RETRY_AFTER",
@@ -110,6 +111,9 @@ DEFAULT_BACKOFF_MAX_S: Final = 30.0
 DEFAULT_RETRY_BUDGET_S: Final = 600.0
 # ours: 429s tolerated for one batch before it is reported failed (each already paused everyone).
 DEFAULT_MAX_RATE_LIMITED: Final = 20
+# ours: answers from a gateway (502 Bad Gateway, 504 Gateway Timeout) say nothing about whether
+# the server behind it stored the request: a batch that got one may be stored (in doubt).
+GATEWAY_STATUSES: Final = frozenset({502, 504})
 # ours: pipeline defaults.
 DEFAULT_CONCURRENCY: Final = 8
 DEFAULT_LINGER_S: Final = 0.5

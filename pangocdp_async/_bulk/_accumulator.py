@@ -78,6 +78,12 @@ class Accumulator:
         self.check_size(position, part)
         return position, entry, part
 
+    def take_encoded(self) -> int:
+        """Take in a record a stream already encoded; return its position."""
+        position = self.read
+        self.read += 1
+        return position
+
     def check_size(self, position: int, part: bytes) -> None:
         """Raise :class:`RequestValidationError` if one entry alone exceeds the byte limit."""
         limit = self._max_bytes

@@ -95,6 +95,21 @@ class Ledger:
             await self.sink.write(failure)
         report.dead_letter_error = self.sink.error
 
+    async def failed_each(self, refused: Iterable[tuple[int, Any, PangoCDPError]]) -> None:
+        """Records the client refused: all in the report first, then to the sink."""
+        items = list(refused)
+        if not items:
+            return
+        report = self.report
+        failures = [RecordFailure(pos, record, error) for pos, record, error in items]
+        report.records_failed += len(failures)
+        report.failures.extend(failures)
+        logger.warning("%d record(s) refused before sending (first at position %d): %s",
+                       len(failures), failures[0].position, failures[0].error)
+        for failure in failures:
+            await self.sink.write(failure)
+        report.dead_letter_error = self.sink.error
+
     def in_doubt(self, batch: Batch, error: PangoCDPError | None = None,
                  state: SenderState | None = None) -> None:
         self.report.in_doubt.extend(

@@ -16,7 +16,11 @@ from .._constants import (
 from .._results import IngestReport, RecordFailure
 from .._retry import RetryPolicy
 
-__all__ = ["BulkOptions", "DeadLetter", "ProgressCallback"]
+__all__ = ["MAX_CONCURRENCY", "BulkOptions", "DeadLetter", "ProgressCallback"]
+
+#: More senders than this cannot help (the documented windows allow 50 requests a second) and
+#: each costs memory up front.
+MAX_CONCURRENCY = 1_000
 
 #: Where failed records go: a path (JSON Lines, appended) or a callable taking each failure
 #: (it may be a coroutine function).
@@ -50,7 +54,7 @@ class BulkOptions:
             raise TypeError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
         if not isinstance(self.init_data, bool):
             raise TypeError(f"init_data must be True or False, got {self.init_data!r}")
-        _int("concurrency", self.concurrency, low=1)
+        _int("concurrency", self.concurrency, low=1, high=MAX_CONCURRENCY)
         _int("batch_size", self.batch_size, low=1, high=MAX_ENTRIES_PER_REQUEST)
         if self.max_batch_bytes is not None:
             _int("max_batch_bytes", self.max_batch_bytes, low=1)

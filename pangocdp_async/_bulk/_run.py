@@ -7,7 +7,8 @@ through a reader task that encodes each record once and a queue of at most ``2 x
 batches. Either way memory stays flat whatever the input size.
 
 Every exit path (the end, cancellation, the source raising, a sender crashing) goes through
-:meth:`BulkRun._shutdown`, which leaves every record read in exactly one place of the report.
+:meth:`BulkRun._shutdown`, once, which leaves every record read in exactly one place of the
+report.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ from .._exceptions import PipelineError, RecordSourceError, RequestValidationErr
 from .._results import IngestReport
 from .._stats import StatsRecorder
 from ._accumulator import Accumulator, SourceFailed
+from ._handover import Handover, StreamClosed
 from ._ledger import Ledger, SenderState
 from ._options import BulkOptions
-from ._sender import BatchSender, SendBody
+from ._sender import BatchSender, SendBody, Stopped
 from ._sink import DeadLetterSink
 
 __all__ = ["END", "BulkRun", "Encoded", "Flush"]
 
 logger = logging.getLogger("pangocdp_async")
+
+Source = Iterable[Any] | AsyncIterable[Any] | Handover
 
 
 class _End:
@@ -44,16 +48,15 @@ class _Wake:
 
 
 END = _End()  # the stream's last item
-_WAKE = _Wake()  # the linger timer's nudge to a reader waiting on an empty queue
+_WAKE = _Wake()  # the linger timer's nudge to a reader waiting for records
 
 
 class Encoded:
     """A record a stream already validated and encoded in ``send``."""
 
-    __slots__ = ("entry", "part", "position")
+    __slots__ = ("entry", "part")
 
-    def __init__(self, position: int, entry: dict[str, Any], part: bytes) -> None:
-        self.position = position
+    def __init__(self, entry: dict[str, Any], part: bytes) -> None:
         self.entry = entry
         self.part = part
 
@@ -77,19 +80,20 @@ class BulkRun:
         self.accumulator = Accumulator(encoder, options.batch_size, options.max_batch_bytes)
         self.report = IngestReport()
         self._stats = stats
-        self._sink: DeadLetterSink | None = None
-        self._ledger: Ledger | None = None
         self._send = send
         self._rng = rng
+        self._sink: DeadLetterSink | None = None
+        self._ledger: Ledger | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * options.concurrency)
         self._states: dict[asyncio.Task[None], SenderState] = {}
         self._emitting: Batch | None = None
-        self._source_queue: asyncio.Queue[Any] | None = None
+        self._handover: Handover | None = None
         self._emitted = 0
-        self._delivered = 0
+        self._unsettled: set[int] = set()  # emitted batches not yet settled (for flush)
         self._progress = asyncio.Condition()
         self._stopping = False
         self._started = False
+        self._shutting_down: asyncio.Future[None] | None = None
         #: Largest number of batches seen waiting in the queue (for tests of backpressure).
         self.max_queue_depth = 0
 
@@ -108,53 +112,45 @@ class BulkRun:
                             f"got {type(records).__name__}")
         return await self._run(records)
 
-    async def run_queue(self, queue: asyncio.Queue[Any]) -> IngestReport:
-        """The stream's way in: records (and markers) from ``queue`` until an end marker."""
-        self._source_queue = queue
-        return await self._run(queue)
+    async def run_stream(self, handover: Handover) -> IngestReport:
+        """The stream's way in: records (and markers) from ``handover`` until :data:`END`."""
+        self._handover = handover
+        return await self._run(handover)
 
-    async def _run(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
-                   ) -> IngestReport:
+    async def _run(self, source: Source) -> IngestReport:
         if self._started:
             raise RuntimeError("a bulk run is used once")
         self._started = True
         options = self.options
         self._sink = DeadLetterSink(options.dead_letter)  # a bad path fails here, before I/O
-        ledger = self._ledger = Ledger(self.report, self._sink)
+        self._ledger = Ledger(self.report, self._sink)
         sender = BatchSender(self._send, encoder=self.encoder, init_data=options.init_data,
-                             retry=options.retry, ledger=ledger, stats=self._stats,
-                             rng=self._rng)
+                             retry=options.retry, ledger=self._ledger, stats=self._stats,
+                             stopping=lambda: self._stopping, rng=self._rng)
         loop = asyncio.get_running_loop()
         started = loop.time()
         depth = self._queue.qsize
         self._stats.queue_depth.add(depth)
         reader: asyncio.Task[None] | None = None
-        if (isinstance(source, Iterable) and not isinstance(source, asyncio.Queue)
-                and options.max_batch_bytes is None and options.linger is None):
+        if (isinstance(source, Iterable) and options.max_batch_bytes is None
+                and options.linger is None):
             # A plain iterable cut by count only: each sender reads and encodes its own next
             # batch (synchronously, so senders never interleave), with no queue in between.
             iterator = iter(source)
             loops = [self._read_and_send(iterator, sender) for _ in range(options.concurrency)]
         else:
-            reader = asyncio.ensure_future(self._read(source))
+            reader = asyncio.create_task(self._read(source))
             loops = [self._send_loop(sender) for _ in range(options.concurrency)]
         senders = [asyncio.create_task(loop_) for loop_ in loops]
         try:
-            pending: set[asyncio.Future[None]] = set(senders)
-            if reader is not None:
-                pending.add(reader)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-                for finished in done:
-                    exc = finished.exception()
-                    if exc is None:
-                        continue
-                    await self._shutdown(reader, senders)
-                    raise self._error_for(exc, is_reader=finished is reader) from (
-                        exc.__cause__ if isinstance(exc, SourceFailed) else exc)
+            await self._supervise(reader, senders)
+            if self._handover is not None:
+                # Records handed over after the stream's end marker (a producer racing the
+                # block's exit) are not read: they are reported unsent, and later sends fail.
+                self._unsent_leftovers(self._handover.close())
         except asyncio.CancelledError:
             self.report.cancelled = True
-            await asyncio.shield(self._shutdown(reader, senders))
+            await self._shutdown_once(reader, senders)
             logger.warning("ingest cancelled: %s", self.report.summary())
             raise
         finally:
@@ -163,6 +159,28 @@ class BulkRun:
             self._sink.close()
         logger.info("ingest finished: %s", self.report.summary())
         return self.report
+
+    async def _supervise(self, reader: asyncio.Task[None] | None,
+                         senders: list[asyncio.Task[None]]) -> None:
+        """Wait for every task; on the first that fails (or ends cancelled without this run
+        being cancelled), shut down and raise the matching error."""
+        pending: set[asyncio.Task[None]] = set(senders)
+        if reader is not None:
+            pending.add(reader)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                if finished.cancelled():  # (not by us: we are not being cancelled)
+                    exc: BaseException = asyncio.CancelledError(
+                        "a task of the run was cancelled from outside (was the client closed?)")
+                else:
+                    found = finished.exception()
+                    if found is None:
+                        continue
+                    exc = found
+                await self._shutdown_once(reader, senders)
+                raise self._error_for(exc, is_reader=finished is reader) from (
+                    exc.__cause__ if isinstance(exc, SourceFailed) else exc)
 
     def _error_for(self, exc: BaseException, *, is_reader: bool) -> PipelineError:
         report = self.report
@@ -179,30 +197,37 @@ class BulkRun:
             report,
         )
 
-    async def _shutdown(self, reader: asyncio.Future[None] | None,
+    async def _shutdown_once(self, reader: asyncio.Task[None] | None,
+                             senders: list[asyncio.Task[None]]) -> None:
+        """Run the shutdown once and wait for it to finish, even through repeated
+        cancellation (it is bounded by the shutdown timeout): the report is whole when this
+        returns, and a second Ctrl-C cannot hand back a half-built one."""
+        if self._shutting_down is None:
+            self._shutting_down = asyncio.ensure_future(self._shutdown(reader, senders))
+        cancelled = False
+        while not self._shutting_down.done():
+            try:
+                await asyncio.shield(self._shutting_down)
+            except asyncio.CancelledError:
+                cancelled = True
+        self._shutting_down.result()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _shutdown(self, reader: asyncio.Task[None] | None,
                         senders: list[asyncio.Task[None]]) -> None:
         """Stop reading; let requests under way finish within the timeout; put every record
         not yet settled in ``unsent`` or ``in_doubt``."""
         assert self._ledger is not None
         ledger = self._ledger
         self._stopping = True
-        async with self._progress:
-            self._progress.notify_all()  # nobody waits in flush() for a run that stopped
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         queued = [b for b in (self._emitting, self.accumulator.drain()) if b is not None]
         self._emitting = None
-        if self._source_queue is not None:  # a stream: records handed over, not yet read
-            leftover = Batch()
-            while not self._source_queue.empty():
-                item = self._source_queue.get_nowait()
-                if isinstance(item, Encoded):
-                    leftover.add(item.position, item.entry, item.part)
-                    self.report.records_read = max(self.report.records_read, item.position + 1)
-                elif isinstance(item, Flush) and not item.done.done():
-                    item.done.set_result(self._emitted)
-            queued.append(leftover)
+        if self._handover is not None:  # a stream: records handed over, not yet read
+            self._unsent_leftovers(self._handover.close())
         while not self._queue.empty():
             batch = self._queue.get_nowait()
             if batch is not None:
@@ -210,24 +235,39 @@ class BulkRun:
         ledger.unsent(queued)
         for _ in senders:
             self._queue.put_nowait(None)
-        running = [t for t in senders if not t.done()]
+        async with self._progress:
+            self._progress.notify_all()  # nobody waits in flush() for a run that stopped
         # Senders with no request under way (waiting for a quota slot, a 429 pause or a
         # backoff) stop at once; one with a request in flight, or splitting a refused batch,
-        # gets the timeout to hear its answers.
+        # gets the timeout to hear its answers (and starts no new request meanwhile).
         states = self._states
+        running = [t for t in senders if not t.done()]
         idle = [t for t in running if not states[t].in_flight and not states[t].isolating]
-        busy = [t for t in running if t not in idle]
-        late: set[asyncio.Task[None]] = set(idle)
-        if busy:
-            _, still = await asyncio.wait(busy, timeout=self.options.shutdown_timeout)
-            late |= still
-        for task in late:
+        for task in idle:
             task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
-        for task in senders:  # cancelled, or crashed, with a batch under way
+        await asyncio.gather(*idle, return_exceptions=True)
+        busy = [t for t in running if t not in idle]
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=self.options.shutdown_timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for task in senders:  # cancelled, crashed or stopped with a batch under way
             state = states.get(task)
             if state is not None and state.batch.entries:
                 ledger.stopped(state)
+
+    def _unsent_leftovers(self, items: list[Any]) -> None:
+        """Records a stream handed over that the run never read: unsent, in order."""
+        assert self._ledger is not None
+        leftover = Batch()
+        for item in items:
+            if isinstance(item, Encoded):
+                leftover.add(self.accumulator.take_encoded(), item.entry, item.part)
+            elif isinstance(item, Flush) and not item.done.done():
+                item.done.set_result(self._emitted)
+        self.report.records_read = self.accumulator.read
+        self._ledger.unsent([leftover])
 
     # --- reading -------------------------------------------------------------------------------
     async def _read_and_send(self, records: Iterator[Any], sender: BatchSender) -> None:
@@ -237,38 +277,32 @@ class BulkRun:
         assert self._ledger is not None
         ledger = self._ledger
         while not self._stopping:
+            # Everything read is in the report (or the state) before the first await.
             try:
                 batch, refused = accumulator.take(records)
             except SourceFailed as failed:
                 report.records_read = accumulator.read
                 ledger.unsent([failed.partial])
-                for pos, record, error in failed.refused:
-                    await ledger.failed([pos], [record], error)
+                await ledger.failed_each(failed.refused)
                 raise
             report.records_read = accumulator.read
-            for pos, record, error in refused:
-                await ledger.failed([pos], [record], error)
+            if batch:
+                state.begin(batch)
+            await ledger.failed_each(refused)
             if batch is None:
                 return
             if batch:
-                state.begin(batch)
-                await sender.deliver(batch, state)
-                state.end()
-                await self._after_batch()
+                await self._deliver(sender, batch, state)
 
-    async def _read(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
-                    ) -> None:
+    async def _read(self, source: Source) -> None:
         await self._read_each(source)
         for _ in range(self.options.concurrency):
             await self._queue.put(None)
 
-    async def _items(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
-                     ) -> AsyncIterator[Any]:
-        if isinstance(source, asyncio.Queue):
+    async def _items(self, source: Source) -> AsyncIterator[Any]:
+        if isinstance(source, Handover):
             while True:
-                # A plain get, never wrapped in a timeout: Queue.get is cancellation-safe, and
-                # wait_for around it is not on Python < 3.12. Linger wakes it with _WAKE.
-                item = await source.get()
+                item = await source.get(Encoded)
                 if item is END:
                     return
                 yield item
@@ -280,8 +314,7 @@ class BulkRun:
                 yield item
                 await asyncio.sleep(0)  # a plain iterable never yields on its own
 
-    async def _read_each(self, source: Iterable[Any] | AsyncIterable[Any] | asyncio.Queue[Any]
-                         ) -> None:
+    async def _read_each(self, source: Source) -> None:
         loop = asyncio.get_running_loop()
         accumulator = self.accumulator
         report = self.report
@@ -290,7 +323,7 @@ class BulkRun:
         linger = self.options.linger
         deadline: float | None = None  # when the partial batch must leave
         timer: asyncio.TimerHandle | None = None
-        wake = source.put_nowait if isinstance(source, asyncio.Queue) else None
+        nudge = source.put_marker if isinstance(source, Handover) else None
         try:
             async for item in self._items(source):
                 if item is _WAKE:
@@ -304,8 +337,7 @@ class BulkRun:
                     item.done.set_result(self._emitted)
                     continue
                 if isinstance(item, Encoded):
-                    accumulator.read = max(accumulator.read, item.position + 1)
-                    position, entry, part = item.position, item.entry, item.part
+                    position, entry, part = accumulator.take_encoded(), item.entry, item.part
                 else:
                     try:
                         position, entry, part = accumulator.encode(item)
@@ -314,18 +346,15 @@ class BulkRun:
                         await ledger.failed([accumulator.read - 1], [item], exc)
                         continue
                 report.records_read = accumulator.read
-                was_empty = not accumulator.partial.entries
                 for batch in accumulator.add(position, entry, part):
                     await self._emit(batch)
                     deadline = None
-                if linger is not None and accumulator.partial.entries and (
-                    was_empty or deadline is None
-                ):
+                if linger is not None and accumulator.partial.entries and deadline is None:
                     deadline = loop.time() + linger
                     if timer is not None:
                         timer.cancel()
-                    if wake is not None:
-                        timer = loop.call_at(deadline, _nudge, wake)
+                    if nudge is not None:
+                        timer = loop.call_at(deadline, _nudge, nudge)
                 if deadline is not None and loop.time() >= deadline:
                     await self._emit(accumulator.drain())
                     deadline = None
@@ -340,18 +369,23 @@ class BulkRun:
         # Until the queue takes it the batch is held here: a reader cancelled while waiting
         # for room (Queue.put is cancellation-safe) leaves it where shutdown will find it.
         self._emitting = batch
+        batch.seq = self._emitted
         await self._queue.put(batch)
         self._emitting = None
+        self._unsettled.add(batch.seq)
         self._emitted += 1
         self.max_queue_depth = max(self.max_queue_depth, self._queue.qsize())
 
-    async def flush(self, queue: asyncio.Queue[Any]) -> None:
+    async def flush(self, handover: Handover) -> None:
         """Send everything read so far and wait until it is settled (the stream's flush)."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await queue.put(Flush(done))
-        target = await done
+        handover.put_marker(Flush(done))
+        target = await done  # batches 0 .. target-1 hold everything sent before the flush
         async with self._progress:
-            await self._progress.wait_for(lambda: self._delivered >= target or self._stopping)
+            await self._progress.wait_for(
+                lambda: self._stopping or min(self._unsettled, default=target) >= target)
+        if self._stopping:
+            raise StreamClosed("the stream stopped before everything was settled")
 
     # --- sending -------------------------------------------------------------------------------
     def _state(self) -> SenderState:
@@ -368,15 +402,17 @@ class BulkRun:
             if batch is None:
                 return
             state.begin(batch)
-            await sender.deliver(batch, state)
-            state.end()
-            await self._after_batch()
+            await self._deliver(sender, batch, state)
 
-    async def _after_batch(self) -> None:
-        self._delivered += 1
-        if self.options.linger is not None:  # a stream: someone may be waiting in flush()
-            async with self._progress:
-                self._progress.notify_all()
+    async def _deliver(self, sender: BatchSender, batch: Batch, state: SenderState) -> None:
+        try:
+            await sender.deliver(batch, state)
+        except Stopped:
+            return  # the run is stopping: shutdown puts what is left of the batch in place
+        state.end()
+        self._unsettled.discard(batch.seq)
+        async with self._progress:
+            self._progress.notify_all()
         callback = self.options.on_progress
         if callback is not None:
             result = callback(self.report)
@@ -384,7 +420,6 @@ class BulkRun:
                 await result
 
 
-def _nudge(put: Any) -> None:
-    # A full queue means the reader has records to read; it checks the deadline after each.
-    with contextlib.suppress(asyncio.QueueFull):
-        put(_WAKE)
+def _nudge(put_marker: Any) -> None:
+    with contextlib.suppress(StreamClosed):
+        put_marker(_WAKE)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from .._batching import Batch, EntryEncoder
+from .._constants import GATEWAY_STATUSES
 from .._exceptions import (
     APIConnectionError,
+    APIStatusError,
     BadRequestError,
     PangoCDPError,
     QuotaWaitError,
@@ -22,10 +24,14 @@ from .._retry import Decision, RetryPolicy, backoff_delay, decide
 from .._stats import StatsRecorder
 from ._ledger import Ledger, SenderState
 
-__all__ = ["BatchSender", "SendBody"]
+__all__ = ["BatchSender", "SendBody", "Stopped"]
 
 # A server message that names the refused entry, such as "entries[7]: Missing momCode".
 _ENTRY_INDEX = re.compile(r"entries\s*\[\s*(\d+)\s*\]")
+
+
+class Stopped(Exception):
+    """The run is stopping: no new request is started; the batch is left as it is."""
 
 
 class SendBody(Protocol):
@@ -40,8 +46,10 @@ class BatchSender:
 
     def __init__(self, send: SendBody, *, encoder: EntryEncoder, init_data: bool,
                  retry: RetryPolicy, ledger: Ledger, stats: StatsRecorder,
+                 stopping: Callable[[], bool] = lambda: False,
                  rng: random.Random | None = None) -> None:
         self._send = send
+        self._stopping = stopping
         self._encoder = encoder
         self._init_data = init_data
         self._retry = retry
@@ -63,6 +71,8 @@ class BatchSender:
         maybe_sent = False
         body = self._encoder.batch_body(batch)
         while True:
+            if self._stopping():
+                raise Stopped
             attempts += 1
             # A retry waits for a quota slot within what is left of the batch's budget; the
             # first attempt waits as long as pacing needs.
@@ -76,7 +86,9 @@ class BatchSender:
                 return exc
             except PangoCDPError as exc:
                 report.requests += 1
-                if isinstance(exc, APIConnectionError) and exc.maybe_sent:
+                if (isinstance(exc, APIConnectionError) and exc.maybe_sent) or (
+                    isinstance(exc, APIStatusError) and exc.status in GATEWAY_STATUSES
+                ):
                     maybe_sent = True
                 if isinstance(exc, RateLimitedError):
                     rate_limited += 1
