@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import random
 import statistics
 import tempfile
 import time
@@ -48,6 +47,7 @@ from pangocdp_async.testing import (
     greedy_server_ceiling,
     lognormal_latency,
     pareto_latency,
+    random_stalls,
     run_in_virtual_time,
     scheduler_hooks,
     simulate_senders,
@@ -132,16 +132,6 @@ def reservation_cost_us(make: Callable[[], Hooks], n: int = 20_000) -> float:
     return run_in_virtual_time(main())
 
 
-def stall_plan(hours: float, seed: int = 2) -> list[tuple[float, float]]:
-    rng = random.Random(seed)
-    out = []
-    t = rng.uniform(1.0, 10.0)
-    while t < hours * HOUR:
-        out.append((t, rng.uniform(0.3, 2.0)))
-        t += rng.uniform(5.0, 15.0)
-    return out
-
-
 def row(cells: list[str], widths: list[int], left: int = 2) -> str:
     cells = [c.ljust(w) if i < left else c.rjust(w)
              for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
@@ -173,7 +163,8 @@ def table_plain(hours: float, senders: int) -> None:
 
 def table_conditions(hours: float, senders: int, stall_hours: float) -> None:
     conditions: list[tuple[str, float, dict[str, Any]]] = [
-        ("stalls 0.3-2 s / ~10 s", stall_hours, {"stalls": stall_plan(stall_hours)}),
+        ("stalls 0.3-2 s / ~10 s", stall_hours,
+         {"stalls": random_stalls(stall_hours * HOUR, seed=2)}),
         ("lognormal legs", hours, {"latency_s": lognormal_latency(0.03, 1.0)}),
         ("Pareto(1.5) legs", hours, {"latency_s": pareto_latency(1.5, 0.02)}),
         ("foreign burst, minute 23", hours, {"foreign": [(23 * 60.0, 50)]}),

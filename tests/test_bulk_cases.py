@@ -30,6 +30,17 @@ def client_for(transport: InProcessTransport, **kwargs: Any) -> PangoCDPClient:
                           **kwargs)
 
 
+async def cancel_after(client: PangoCDPClient, task: asyncio.Future[Any],
+                       seconds: float) -> IngestReport:
+    """Cancel ``task`` (a bulk run of ``client``) after ``seconds``; its report."""
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.last_report is not None
+    return client.last_report
+
+
 def run_many(transport: InProcessTransport, n: int, **kwargs: Any) -> IngestReport:
     async def main() -> IngestReport:
         async with client_for(transport) as client:
@@ -247,12 +258,7 @@ def test_requests_in_flight_when_the_shutdown_timeout_runs_out_are_in_doubt() ->
         async with client_for(InProcessTransport(latency=10.0)) as client:
             task = asyncio.ensure_future(client.ingest_many(
                 "order", [{"id": i} for i in range(50)], source="POS", shutdown_timeout=0.5))
-            await asyncio.sleep(1.0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert client.last_report is not None
-            return client.last_report
+            return await cancel_after(client, task, 1.0)
     report = run_in_virtual_time(main())
     assert report.records_in_doubt == 50
     assert report.records_unsent == 0
@@ -340,12 +346,7 @@ def test_cancelled_while_writing_refused_records_to_an_async_sink() -> None:
             task = asyncio.ensure_future(client.ingest_many(
                 "order", [{"id": 0}, None, None, {"id": 3}, {"id": 4}], source="POS",
                 dead_letter=slow_sink))
-            await asyncio.sleep(1.0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert client.last_report is not None
-            return client.last_report
+            return await cancel_after(client, task, 1.0)
     report = run_in_virtual_time(main())
     assert report.records_read == 5
     assert (report.records_accepted + report.records_failed + report.records_unsent
@@ -385,12 +386,7 @@ def test_a_second_cancel_still_returns_a_whole_report() -> None:
                 concurrency=2, shutdown_timeout=5.0))
             await asyncio.sleep(1.5)
             task.cancel()
-            await asyncio.sleep(0.1)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert client.last_report is not None
-            return client.last_report
+            return await cancel_after(client, task, 0.1)
     report = run_in_virtual_time(main())
     assert (report.records_accepted + report.records_failed + report.records_unsent
             + report.records_in_doubt) == report.records_read
@@ -412,12 +408,7 @@ def test_no_request_starts_after_a_cancel() -> None:
             task = asyncio.ensure_future(client.ingest_many(
                 "order", ({"id": i} for i in range(20)), source="POS", batch_size=10,
                 concurrency=2))
-            await asyncio.sleep(0.3)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert client.last_report is not None
-            return client.last_report
+            return await cancel_after(client, task, 0.3)
     report = run_in_virtual_time(main())
     assert max(started) < 0.3
     assert report.records_unsent == 10

@@ -24,6 +24,7 @@ from pangocdp_async.testing import (
     SimulationResult,
     lognormal_latency,
     pareto_latency,
+    random_stalls,
     run_in_virtual_time,
     scheduler_hooks,
     simulate_senders,
@@ -56,17 +57,6 @@ def run(
     return run_in_virtual_time(main())
 
 
-def stalls(hours: float, seed: int) -> list[tuple[float, float]]:
-    """A blocking call of 0.3 to 2 s roughly every 10 s (5 to 15 s apart)."""
-    rng = random.Random(seed)
-    out = []
-    t = rng.uniform(1.0, 10.0)
-    while t < hours * HOUR:
-        out.append((t, rng.uniform(0.3, 2.0)))
-        t += rng.uniform(5.0, 15.0)
-    return out
-
-
 def assert_never_over(result: SimulationResult, limits: Sequence[RateLimit]) -> None:
     """No window ever holds more than its capacity, counted at the moment of sending."""
     assert result.rejected == 0
@@ -79,7 +69,7 @@ def test_stalls_never_cause_a_rejection(refill: Refill) -> None:
     """10 minutes, documented windows, stalls of 0.3-2 s every ~10 s: 0 rejections and no
     window over capacity at the point of sending (before: 100 sends in one second)."""
     server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=PHASES[0])
-    result = run(QuotaScheduler(), server, 1 / 6, stalls=stalls(1 / 6, 1))
+    result = run(QuotaScheduler(), server, 1 / 6, stalls=random_stalls(HOUR / 6, seed=1))
     assert_never_over(result, DOCUMENTED_LIMITS)
     assert result.sent >= 5_000 * 2  # the 5-minute window's pace
 
@@ -90,7 +80,7 @@ def test_stalls_for_two_hours(refill: Refill) -> None:
     """The issue's figure: 2 h with stalls, random phase: 0 rejections, no window exceeded at
     the transport, and at least 99% of the hourly window's 100,000."""
     server = Bucket4jBucket(DOCUMENTED_LIMITS, refill, phase=PHASES[1])
-    result = run(QuotaScheduler(), server, 2, stalls=stalls(2, 2))
+    result = run(QuotaScheduler(), server, 2, stalls=random_stalls(2 * HOUR, seed=2))
     assert_never_over(result, DOCUMENTED_LIMITS)
     assert result.sent >= 99_000
 

@@ -25,6 +25,7 @@ __all__ = [
     "lognormal_latency",
     "max_in_any_window",
     "pareto_latency",
+    "random_stalls",
     "scheduler_hooks",
     "simulate_senders",
     "sliding_ceiling",
@@ -36,6 +37,20 @@ T = TypeVar("T")
 
 
 Latency = tuple[float, float] | Callable[[random.Random], float]
+
+
+def random_stalls(duration_s: float, *, seed: int = 0, every: tuple[float, float] = (5.0, 15.0),
+                  length: tuple[float, float] = (0.3, 2.0)) -> list[tuple[float, float]]:
+    """Event-loop stalls for :func:`simulate_senders`: ``(at, seconds)`` pairs, one blocking
+    call of ``length`` seconds (uniform) every ``every`` seconds (uniform), up to
+    ``duration_s``."""
+    rng = random.Random(seed)
+    out = []
+    t = rng.uniform(1.0, every[0] + 5.0)
+    while t < duration_s:
+        out.append((t, rng.uniform(*length)))
+        t += rng.uniform(*every)
+    return out
 
 
 def lognormal_latency(median_s: float, sigma: float) -> Callable[[random.Random], float]:
