@@ -1,5 +1,7 @@
 """pangocdp-async: the asyncio client for PangoCDP's Data Ingestion API."""
 
+import logging
+
 from ._bulk import IngestStream
 from ._client import PangoCDPClient
 from ._config import DOCUMENTED_LIMITS, Margin, RateLimit
@@ -14,6 +16,7 @@ from ._exceptions import (
     QuotaWaitError,
     RateLimitedError,
     RecordSourceError,
+    RedirectError,
     RequestValidationError,
     ServerError,
     UnsuccessfulResponseError,
@@ -55,6 +58,7 @@ __all__ = [
     "RawResponse",
     "RecordFailure",
     "RecordSourceError",
+    "RedirectError",
     "RequestValidationError",
     "Reservation",
     "RetryPolicy",
@@ -65,3 +69,7 @@ __all__ = [
     "UnsuccessfulResponseError",
 ]
 __version__ = "0.1.0.dev0"
+
+# A library logs, and the application decides where that goes: without this, warnings would
+# reach stderr through logging's last-resort handler in an application that set up nothing.
+logging.getLogger("pangocdp_async").addHandler(logging.NullHandler())

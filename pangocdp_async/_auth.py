@@ -142,6 +142,7 @@ class TokenManager:
         parsed = parse_body(response.body)
         error = error_for(response, parsed, auth=True)
         if error is not None:
+            error.body = _without_token(error.body)  # a failed answer may still carry one
             logger.warning("authentication failed: %s", error)
             raise error
         try:

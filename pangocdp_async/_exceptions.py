@@ -10,7 +10,8 @@
      │    ├── RateLimitedError         429 (retriable; ``retry_after`` in seconds)
      │    │    └── QuotaWaitError      not sent: the quota scheduler would wait past the budget
      │    ├── ServerError              5xx (retriable)
-     │    └── UnsuccessfulResponseError  200 whose body says ``"success": false``
+     │    ├── RedirectError            3xx: never followed (``location`` is the target's origin)
+     │    └── UnsuccessfulResponseError  2xx whose body is not ``{"success": true, ...}``
      ├── APIConnectionError            no usable answer (retriable)
      │    └── APITimeoutError          the request timed out
      └── PipelineError                 a bulk run stopped early (``report`` says what happened)
@@ -42,6 +43,7 @@ __all__ = [
     "QuotaWaitError",
     "RateLimitedError",
     "RecordSourceError",
+    "RedirectError",
     "RequestValidationError",
     "ServerError",
     "UnsuccessfulResponseError",
@@ -147,7 +149,19 @@ class ServerError(APIStatusError):
 
 
 class UnsuccessfulResponseError(APIStatusError):
-    """HTTP 200 whose body says ``"success": false``."""
+    """A 2xx whose body is not a JSON object with ``"success": true``: the server said it
+    failed, or the answer is not the server's (an HTML page from a proxy or captive portal, an
+    empty body). Its records are not counted as accepted."""
+
+
+class RedirectError(APIStatusError):
+    """A 3xx answer. Redirects are never followed (a POST would be re-sent as GET, or the
+    credentials carried elsewhere); ``location`` is the target's origin (scheme, host and port,
+    never its path or query), or ``None``."""
+
+    def __init__(self, *, location: str | None = None, **kwargs: Any) -> None:
+        self.location = location
+        super().__init__(**kwargs)
 
 
 class APIConnectionError(PangoCDPError):

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from yarl import URL
 
 from ._constants import HEADER_RATE_LIMIT_REMAINING, HEADER_RETRY_AFTER
 from ._exceptions import (
@@ -13,6 +14,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     RateLimitedError,
+    RedirectError,
     ServerError,
     UnsuccessfulResponseError,
 )
@@ -66,11 +68,23 @@ def error_for(response: RawResponse, body: Any, *, auth: bool = False) -> APISta
     """
     status = response.status
     if 200 <= status < 300:
-        if isinstance(body, dict) and body.get("success") is False:
-            cls: type[APIStatusError] = AuthenticationError if auth else UnsuccessfulResponseError
-            return cls(status=status, body=body, **_error_details(body))
-        return None
+        # The rule (contract: a success body is {"success": true, ...}): anything else, a
+        # "success" that is false, "false" or 0, a JSON array, an HTML page, an empty body,
+        # is not a success, and its records are never counted accepted.
+        if isinstance(body, dict) and body.get("success") is True:
+            return None
+        cls: type[APIStatusError] = AuthenticationError if auth else UnsuccessfulResponseError
+        details = _error_details(body)
+        if not isinstance(body, dict):
+            details["message"] = (f"the answer is not a JSON object with \"success\": true "
+                                  f"(got {_describe(body)})")
+        return cls(status=status, body=body, **details)
     details = _error_details(body)
+    if 300 <= status < 400:
+        location = _origin(response.headers.get("Location"))
+        details["message"] = (f"redirected to {location or 'an unknown location'}; redirects "
+                              "are not followed (check auth_url and ingest_url)")
+        return RedirectError(status=status, body=None, location=location, **details)
     if status == 429:
         retry_after = parse_retry_after(response.headers.get(HEADER_RETRY_AFTER))
         return RateLimitedError(status=status, body=body, retry_after=retry_after, **details)
@@ -92,3 +106,26 @@ def _error_details(body: Any) -> dict[str, Any]:
     if isinstance(body, str) and body:
         return {"message": body[:200], "error_code": None, "request_id": None}
     return {"message": None, "error_code": None, "request_id": None}
+
+
+def _describe(body: Any) -> str:
+    if body is None:
+        return "an empty body"
+    if isinstance(body, str):
+        return f"text {body[:60]!r}"
+    return f"a JSON {type(body).__name__}"
+
+
+def _origin(location: str | None) -> str | None:
+    """A redirect target's scheme, host and port: never its path or query (which may carry
+    anything)."""
+    if not location:
+        return None
+    try:
+        url = URL(location.strip())
+    except (ValueError, TypeError):
+        return None
+    if not url.is_absolute() or not url.host:
+        return "a relative location on the same server"
+    port = f":{url.port}" if url.port is not None and not url.is_default_port() else ""
+    return f"{url.scheme}://{url.host}{port}"

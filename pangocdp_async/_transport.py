@@ -57,8 +57,11 @@ class AiohttpTransport:
         params: Mapping[str, str] | None = None,
     ) -> RawResponse:
         try:
+            # Never follow a redirect: aiohttp would re-send a POST as GET (and count the 200
+            # of that as success), or a 307 would carry the credentials to another origin.
             async with self._session.post(
-                url, data=body, headers=headers, params=params, timeout=self._timeout
+                url, data=body, headers=headers, params=params, timeout=self._timeout,
+                allow_redirects=False,
             ) as resp:
                 data = await resp.read()
                 return RawResponse(resp.status, resp.headers, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from multidict import CIMultiDict
 
@@ -68,9 +69,23 @@ def test_status_maps_to_class(status: int, cls: type[APIStatusError]) -> None:
 
 
 def test_success_is_no_error() -> None:
-    """A 200 with success true (or with no success field) is not an error."""
+    """A 2xx whose body is a JSON object with "success": true is not an error."""
     assert error_for(_raw(200, b'{"success": true}'), {"success": True}) is None
-    assert error_for(_raw(200, b""), None) is None
+    body = {"success": True, "requestId": "r"}
+    assert error_for(_raw(201, orjson.dumps(body)), body) is None
+
+
+@pytest.mark.parametrize("raw", [
+    b"<html><body>Please log in to the Wi-Fi</body></html>", b"", b'"OK"', b"[]",
+    b'{"success": "false"}', b'{"success": 0}', b'{"success": 1}', b"{}", b"null",
+])
+def test_any_other_2xx_is_unsuccessful(raw: bytes) -> None:
+    """A 2xx whose body is anything but {"success": true, ...} (a proxy's HTML page, an empty
+    body, "OK", [], "success" as a string or a number, no "success") is an error, never a
+    success (before: all of these were counted accepted)."""
+    err = error_for(_raw(200, raw), parse_body(raw))
+    assert isinstance(err, UnsuccessfulResponseError)
+    assert err.status == 200
 
 
 def test_200_with_success_false_raises() -> None:

@@ -41,7 +41,7 @@ def test_public_names_are_exactly_these() -> None:
         "APIConnectionError", "APIStatusError", "APITimeoutError", "AuthenticationError",
         "BadRequestError", "DOCUMENTED_LIMITS", "IngestResult", "Margin", "PangoCDPClient",
         "PangoCDPError", "Policy", "QuotaScheduler", "QuotaStore", "QuotaWaitError", "RateLimit",
-        "RateLimitedError", "RawResponse", "RequestValidationError", "Reservation",
+        "RateLimitedError", "RawResponse", "RedirectError", "RequestValidationError", "Reservation",
         "SQLiteQuotaStore", "ServerError", "Transport", "UnsuccessfulResponseError",
         "ClientStats", "InDoubtRecord", "IngestReport", "IngestStream", "PipelineError",
         "RecordFailure",

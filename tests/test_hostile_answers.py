@@ -1,0 +1,155 @@
+"""Answers that are not what they seem: redirects, 2xx bodies that are not a success, tokens
+in failed auth answers; each against a small aiohttp.web server or an in-process transport."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from pangocdp_async import (
+    AuthenticationError,
+    PangoCDPClient,
+    RawResponse,
+    RedirectError,
+    UnsuccessfulResponseError,
+)
+from pangocdp_async.testing import FakePangoCDP, InProcessTransport, run_in_virtual_time
+
+
+class Recorder:
+    """A server on another origin that records whatever reaches it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.method, dict(request.headers), await request.read()))
+        return web.json_response({"success": True, "token": "t", "expiredAfter": 1800})
+
+
+async def _serve(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def elsewhere() -> AsyncIterator[tuple[str, Recorder]]:
+    recorder = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    async for base in _serve(app):
+        yield base, recorder
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_never_followed(
+    status: int, elsewhere: tuple[str, Recorder]
+) -> None:
+    """A 3xx on the ingest endpoint or the auth endpoint is a RedirectError naming the status
+    and the target's origin (not its path or query); nothing, credentials least of all, reaches
+    the other origin (before: a 301/302 was followed as GET and counted accepted, and a 307
+    carried TOKEN, API_KEY and the auth body there)."""
+    target, recorder = elsewhere
+    location = f"{target}/steal?key=SECRET-QUERY"
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": location})
+    app = web.Application()
+    app.router.add_post("/ingest", redirect)
+    app.router.add_post("/auth", redirect)
+    async for base in _serve(app):
+        async with PangoCDPClient(api_key="KEY-SECRET", token="TOKEN-SECRET",
+                                  ingest_url=f"{base}/ingest", rate_limits=()) as client:
+            with pytest.raises(RedirectError) as info:
+                await client.ingest("order", [{"id": 1}], source="POS")
+        async with PangoCDPClient(username="u", api_key="KEY-SECRET", group_key="G-SECRET",
+                                  auth_url=f"{base}/auth", ingest_url=f"{base}/ingest",
+                                  rate_limits=()) as client:
+            with pytest.raises(RedirectError) as auth_info:
+                await client.ingest("order", [{"id": 1}], source="POS")
+    for err in (info.value, auth_info.value):
+        assert err.status == status
+        assert err.location == target
+        assert str(status) in str(err)
+        assert target in str(err)
+        assert "SECRET" not in str(err)
+    assert recorder.seen == []
+
+
+def _answers(body: bytes) -> InProcessTransport:
+    return InProcessTransport(lambda n, b: RawResponse(200, CIMultiDict(), body))
+
+
+@pytest.mark.parametrize("body", [b"<html>captive portal</html>", b"", b'"OK"', b"[]",
+                                  b'{"success": "false"}', b'{"success": 0}'])
+def test_a_2xx_that_is_not_a_success_loses_nothing(body: bytes) -> None:
+    """ingest_many against a server answering 200 with something that is not
+    {"success": true}: no record is counted accepted; each is reported failed with
+    UnsuccessfulResponseError (before: every one was counted accepted and lost)."""
+    async def main() -> Any:
+        async with PangoCDPClient(api_key="k", token="t", transport=_answers(body),
+                                  rate_limits=()) as client:
+            report = await client.ingest_many("order", ({"id": i} for i in range(120)),
+                                              source="POS")
+            return report, client.stats
+    report, stats = run_in_virtual_time(main())
+    assert report.records_accepted == 0
+    assert report.records_failed == 120
+    assert {type(f.error) for f in report.failures} == {UnsuccessfulResponseError}
+    assert stats.records_accepted == 0
+
+
+class _AuthAnswers:
+    """A transport whose auth answer is fixed (and whose ingest answer is a success)."""
+
+    def __init__(self, auth_body: dict[str, Any]) -> None:
+        self.auth_body = auth_body
+
+    async def post(self, url: str | URL, *, body: bytes, headers: Mapping[str, str],
+                   params: Mapping[str, str] | None = None) -> RawResponse:
+        if "auth" in str(url):
+            return RawResponse(200, CIMultiDict(), orjson.dumps(self.auth_body))
+        return RawResponse(200, CIMultiDict(), b'{"success": true}')
+
+
+async def test_a_failed_auth_answer_carrying_a_token_does_not_keep_it() -> None:
+    """An auth answer with "success": false and a token: AuthenticationError's body, str and
+    repr hold no token (before: the body kept it)."""
+    transport = _AuthAnswers({"success": False, "message": "locked", "token": "TOK-SECRET"})
+    async with PangoCDPClient(username="u", api_key="k", group_key="g",
+                              auth_url="https://auth.example/auth", transport=transport,
+                              rate_limits=()) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.ingest("order", [{"id": 1}], source="POS")
+    err = info.value
+    for text in (str(err), repr(err), repr(err.body), repr(err.__dict__)):
+        assert "TOK-SECRET" not in text
+
+
+def test_the_library_logger_has_a_null_handler() -> None:
+    """Warnings do not reach stderr through logging's last resort unless the application
+    configures logging (the library adds a NullHandler, as libraries should)."""
+    handlers = logging.getLogger("pangocdp_async").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+async def test_fake_server_answers_are_successes() -> None:
+    """FakePangoCDP's own answers pass the stricter rule (a guard for the fake itself)."""
+    async with FakePangoCDP(rate_limits=None) as fake:
+        async with PangoCDPClient(**fake.client_kwargs(), rate_limits=()) as client:
+            result = await client.ingest("order", [{"id": 1}], source="POS")
+    assert result.status == 200
