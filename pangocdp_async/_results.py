@@ -80,7 +80,9 @@ class IngestReport:
     Records from position ``records_read`` on were never read. ``possible_duplicates`` counts
     accepted records whose earlier attempt may have reached the server (a connection broke
     after sending), so the server may hold them twice. ``dead_letter_error`` is the error of a
-    dead-letter sink that failed (its records are still in ``failures``).
+    dead-letter sink that failed (its records are still in ``failures``). ``stopped_by`` is the
+    server's refusal that stopped the run early: batch after batch refused whole for its
+    envelope (a wrong object type, a source the account lacks); the rest is ``unsent``.
     """
 
     records_accepted: int = 0
@@ -96,6 +98,7 @@ class IngestReport:
     unsent: list[UnsentRecord] = field(default_factory=list)
     in_doubt: list[InDoubtRecord] = field(default_factory=list)
     dead_letter_error: BaseException | None = None
+    stopped_by: PangoCDPError | None = None
 
     @property
     def records_unsent(self) -> int:
@@ -108,7 +111,8 @@ class IngestReport:
     @property
     def complete(self) -> bool:
         """Every record read was accepted or reported failed, and the run was not cut short."""
-        return not self.unsent and not self.in_doubt and not self.cancelled
+        return (not self.unsent and not self.in_doubt and not self.cancelled
+                and self.stopped_by is None)
 
     def summary(self) -> str:
         rate = self.records_accepted / self.elapsed_s if self.elapsed_s > 0 else 0.0

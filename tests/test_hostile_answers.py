@@ -153,3 +153,73 @@ async def test_fake_server_answers_are_successes() -> None:
         async with PangoCDPClient(**fake.client_kwargs(), rate_limits=()) as client:
             result = await client.ingest("order", [{"id": 1}], source="POS")
     assert result.status == 200
+
+
+def _refuse_envelope(n: int, body: bytes) -> RawResponse:
+    return RawResponse(400, CIMultiDict(), orjson.dumps(
+        {"success": False, "errorCode": "MISSING_INFO", "message": "Invalid value of: source"}))
+
+
+def test_an_envelope_refusal_is_not_searched_entry_by_entry() -> None:
+    """Every batch refused with the same message naming no entry (a wrong source): at most 4
+    requests per batch, and the run stops after three batches, the rest unsent, the server's
+    error in the report (before: 1,980 requests for 1,000 records)."""
+    transport = InProcessTransport(_refuse_envelope)
+
+    async def main() -> Any:
+        async with PangoCDPClient(api_key="k", token="t", transport=transport,
+                                  rate_limits=()) as client:
+            return await client.ingest_many("order", ({"id": i} for i in range(1_000)),
+                                            source="NOPE", concurrency=1)
+    report = run_in_virtual_time(main())
+    assert transport.requests <= 3 * 4
+    assert report.records_failed == 150  # three batches, each failed with the server's words
+    assert {f.error.message for f in report.failures} == {"Invalid value of: source"}
+    assert report.stopped_by is not None
+    assert report.stopped_by.message == "Invalid value of: source"
+    assert report.records_unsent == report.records_read - 150
+    assert not report.complete
+
+
+def test_a_refused_entry_among_good_ones_is_still_found() -> None:
+    """A refusal that names no entry but concerns one record: the search by halves still
+    finds it (the envelope rule needs both halves refused alike)."""
+    def respond(n: int, body: bytes) -> RawResponse:
+        ids = [e["id"] for e in orjson.loads(body)["entries"]]
+        if 17 in ids:
+            return RawResponse(400, CIMultiDict(), orjson.dumps(
+                {"success": False, "errorCode": "BAD", "message": "Missing momCode"}))
+        return RawResponse(200, CIMultiDict(), b'{"success": true}')
+    transport = InProcessTransport(respond)
+
+    async def main() -> Any:
+        async with PangoCDPClient(api_key="k", token="t", transport=transport,
+                                  rate_limits=()) as client:
+            return await client.ingest_many("order", ({"id": i} for i in range(100)),
+                                            source="POS")
+    report = run_in_virtual_time(main())
+    assert [f.position for f in report.failures] == [17]
+    assert report.records_accepted == 99
+    assert report.stopped_by is None
+
+
+def test_a_413_splits_the_batch_until_it_fits() -> None:
+    """413 for bodies over 2,000 bytes: the batch is split in halves until each part lands;
+    one entry too large on its own fails with its size (before: the batch failed whole)."""
+    def respond(n: int, body: bytes) -> RawResponse:
+        if len(body) > 2_000:
+            return RawResponse(413, CIMultiDict(), b"")
+        return RawResponse(200, CIMultiDict(), b'{"success": true}')
+    transport = InProcessTransport(respond)
+    records = [{"id": i, "pad": "x" * 100} for i in range(50)]
+    records[9] = {"id": 9, "pad": "y" * 3_000}
+
+    async def main() -> Any:
+        async with PangoCDPClient(api_key="k", token="t", transport=transport,
+                                  rate_limits=()) as client:
+            return await client.ingest_many("order", records, source="POS")
+    report = run_in_virtual_time(main())
+    assert report.records_accepted == 49
+    assert sorted(e["id"] for e in transport.accepted) == [i for i in range(50) if i != 9]
+    assert [f.position for f in report.failures] == [9]
+    assert "bytes" in str(report.failures[0].error)

@@ -58,7 +58,10 @@ class SenderState:
         return self.in_flight or self.doubt
 
     def unsettled(self) -> Batch:
-        batch = self.batch
+        return self.unsettled_of(self.batch)
+
+    def unsettled_of(self, batch: Batch) -> Batch:
+        """The records of ``batch`` not yet accepted, failed or in doubt."""
         if not self.settled:
             return batch
         keep = [i for i, pos in enumerate(batch.positions) if pos not in self.settled]

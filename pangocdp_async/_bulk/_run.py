@@ -29,7 +29,7 @@ from ._accumulator import Accumulator, SourceFailed
 from ._handover import Handover, StreamClosed
 from ._ledger import Ledger, SenderState
 from ._options import BulkOptions
-from ._sender import BatchSender, SendBody, Stopped
+from ._sender import BatchSender, EnvelopeRefused, SendBody, Stopped
 from ._sink import DeadLetterSink
 
 __all__ = ["END", "BulkRun", "Encoded", "Flush"]
@@ -169,6 +169,11 @@ class BulkRun:
             pending.add(reader)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if self.report.stopped_by is not None:  # the server refuses every batch alike
+                await self._shutdown_once(reader, senders)
+                logger.warning("ingest stopped early: every batch is refused (%s): %s",
+                               self.report.stopped_by, self.report.summary())
+                return
             for finished in done:
                 if finished.cancelled():  # (not by us: we are not being cancelled)
                     exc: BaseException = asyncio.CancelledError(
@@ -397,7 +402,7 @@ class BulkRun:
     async def _send_loop(self, sender: BatchSender) -> None:
         state = self._state()
         queue = self._queue
-        while True:
+        while not self._stopping:
             batch = await queue.get()
             if batch is None:
                 return
@@ -409,6 +414,11 @@ class BulkRun:
             await sender.deliver(batch, state)
         except Stopped:
             return  # the run is stopping: shutdown puts what is left of the batch in place
+        except EnvelopeRefused as refused:
+            self.report.stopped_by = refused.error
+            self._stopping = True
+            state.end()
+            return
         state.end()
         self._unsettled.discard(batch.seq)
         async with self._progress:

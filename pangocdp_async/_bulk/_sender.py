@@ -4,6 +4,7 @@ report's entries for it. Sends through an injected callable; knows nothing of th
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -24,10 +25,25 @@ from .._retry import Decision, RetryPolicy, backoff_delay, decide
 from .._stats import StatsRecorder
 from ._ledger import Ledger, SenderState
 
-__all__ = ["BatchSender", "SendBody", "Stopped"]
+__all__ = ["ENVELOPE_REFUSALS_TO_STOP", "BatchSender", "EnvelopeRefused", "SendBody", "Stopped"]
+
+logger = logging.getLogger("pangocdp_async")
 
 # A server message that names the refused entry, such as "entries[7]: Missing momCode".
 _ENTRY_INDEX = re.compile(r"entries\s*\[\s*(\d+)\s*\]")
+
+
+#: Batches refused whole, in a row, for their envelope before the run stops (every further
+#: batch would be refused the same way, and each costs quota).
+ENVELOPE_REFUSALS_TO_STOP = 3
+
+
+class EnvelopeRefused(Exception):
+    """Batch after batch is refused for its envelope: the run stops; ``error`` says why."""
+
+    def __init__(self, error: BadRequestError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Stopped(Exception):
@@ -50,6 +66,8 @@ class BatchSender:
                  rng: random.Random | None = None) -> None:
         self._send = send
         self._stopping = stopping
+        #: Batches refused whole for their envelope since the last accepted one.
+        self.envelope_refusals = 0
         self._encoder = encoder
         self._init_data = init_data
         self._retry = retry
@@ -93,6 +111,8 @@ class BatchSender:
                 if isinstance(exc, RateLimitedError):
                     rate_limited += 1
                     report.rate_limited += 1
+                if isinstance(exc, APIStatusError) and exc.status == 413:
+                    return await self._too_large(batch, body, state, exc)
                 decision = decide(exc, attempts=attempts, rate_limited=rate_limited,
                                   elapsed_s=loop.time() - first_try, entries=len(batch),
                                   policy=policy)
@@ -116,7 +136,31 @@ class BatchSender:
                 continue  # AFTER_PAUSE: the scheduler holds the next reservation back
             report.requests += result.attempts
             self._ledger.accepted(batch, state, maybe_duplicate=maybe_sent)
+            self.envelope_refusals = 0
             return None
+
+    async def _too_large(self, batch: Batch, body: bytes, state: SenderState,
+                         error: APIStatusError) -> PangoCDPError | None:
+        """413: the body is too large for the server. Split it in halves and deliver each
+        (splitting again as needed); one entry too large on its own fails, naming its size."""
+        if len(batch) == 1:
+            refused = APIStatusError(
+                status=413, error_code=error.error_code, request_id=error.request_id,
+                message=(f"entries[{batch.positions[0]}]: the server refuses a request of "
+                         f"{len(body):,} bytes with this entry alone as too large"),
+            )
+            await self._ledger.failed(batch.positions, batch.entries, refused, state)
+            return refused
+        outermost = not state.isolating
+        state.isolating = True
+        try:
+            left, right = batch.split(len(batch) // 2 + len(batch) % 2)
+            left_error = await self.deliver(left, state)
+            right_error = await self.deliver(right, state)
+        finally:
+            if outermost:
+                state.isolating = False
+        return left_error or right_error
 
     async def _settle_failure(self, batch: Batch, state: SenderState, error: PangoCDPError,
                               maybe_sent: bool) -> None:
@@ -144,6 +188,37 @@ class BatchSender:
             await self.deliver(batch.select([index]), state)
             await self.deliver(batch.without(index), state)
             return
+        if len(batch) > 2:
+            # The message names no entry. If both halves, and then one entry alone, are refused
+            # for the same reason, the envelope is at fault (a wrong objectType, a source the
+            # account lacks): no entry would pass, so the batch fails after 4 requests instead
+            # of a search of 2n. (Two refused entries, one in each half, pass the first test
+            # but not the lone entry's.)
+            left, right = batch.split(len(batch) // 2 + len(batch) % 2)
+            left_error = await self.deliver(left, state, isolate=False)
+            if left_error is not None and _alike(left_error, error):
+                right_error = await self.deliver(right, state, isolate=False)
+                if right_error is not None and _alike(right_error, error):
+                    lone_error = await self.deliver(left.select([0]), state, isolate=False)
+                    if lone_error is not None and _alike(lone_error, error):
+                        await self._envelope_refused(batch, state, error)
+                        return
+                    left = left.select(range(1, len(left)))
+                if isinstance(right_error, BadRequestError) and len(right) > 1:
+                    await self._isolate(right, right_error, state)
+                assert isinstance(left_error, BadRequestError)  # (_alike says so)
+                if len(left) > 1:
+                    await self._isolate(left, left_error, state)
+                elif left.entries:
+                    await self.deliver(left, state)  # the last suspect, alone
+                return
+            if left_error is None:
+                batch = right  # the culprit is here; do not send it whole
+            else:
+                if isinstance(left_error, BadRequestError) and len(left) > 1:
+                    await self._isolate(left, left_error, state)
+                await self.deliver(right, state)
+                return
         while len(batch) > 1:
             left, right = batch.split(len(batch) // 2 + len(batch) % 2)
             left_error = await self.deliver(left, state, isolate=False)
@@ -157,3 +232,21 @@ class BatchSender:
             await self.deliver(right, state)
             return
         await self.deliver(batch, state)  # the last suspect, alone: the server's own verdict
+
+    async def _envelope_refused(self, batch: Batch, state: SenderState,
+                                error: BadRequestError) -> None:
+        rest = state.unsettled_of(batch)
+        if rest.entries:
+            await self._ledger.failed(rest.positions, rest.entries, error, state)
+        self.envelope_refusals += 1
+        logger.warning("a batch was refused whole, for its envelope (%s): %d in a row",
+                       error, self.envelope_refusals)
+        if self.envelope_refusals >= ENVELOPE_REFUSALS_TO_STOP:
+            raise EnvelopeRefused(error)
+
+
+def _alike(error: PangoCDPError, first: BadRequestError) -> bool:
+    """Another 400 for the same reason, naming no entry."""
+    return (isinstance(error, BadRequestError) and error.message == first.message
+            and error.error_code == first.error_code
+            and _ENTRY_INDEX.search(error.message or "") is None)
