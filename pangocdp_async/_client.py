@@ -41,6 +41,7 @@ from ._results import ClientStats, IngestReport, IngestResult
 from ._retry import RetryPolicy
 from ._stats import StatsRecorder
 from ._transport import AiohttpTransport, Transport
+from ._validate import check_bool, check_seconds, check_str
 
 __all__ = ["PangoCDPClient"]
 
@@ -93,6 +94,10 @@ class PangoCDPClient:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        for name, value in (("username", username), ("api_key", api_key),
+                            ("group_key", group_key), ("token", token),
+                            ("auth_url", auth_url), ("ingest_url", ingest_url)):
+            check_str(name, value, optional=True)
         username = username if username is not None else os.environ.get(ENV_USERNAME)
         api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         group_key = group_key if group_key is not None else os.environ.get(ENV_GROUP_KEY)
@@ -124,14 +129,23 @@ class PangoCDPClient:
         }
         if limiter is not None and rate_limits is not DOCUMENTED_LIMITS:
             raise ValueError("pass either limiter= or rate_limits=, not both")
+        if limiter is not None and not isinstance(limiter, QuotaScheduler):
+            raise TypeError(f"limiter must be a QuotaScheduler, got {type(limiter).__name__}")
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError(f"session must be an aiohttp.ClientSession, got "
+                            f"{type(session).__name__}")
+        if transport is not None and not callable(getattr(transport, "post", None)):
+            raise TypeError(f"transport must have an async post(), got {type(transport).__name__}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
         self.limiter = limiter if limiter is not None else QuotaScheduler(rate_limits)
         self._owns_limiter = limiter is None
         if isinstance(timeout, aiohttp.ClientTimeout):
             self._timeout = timeout
         else:
-            if timeout <= 0:
-                raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-            self._timeout = aiohttp.ClientTimeout(total=timeout)
+            # (nan would mean no timeout at all, inf an OverflowError at request time)
+            self._timeout = aiohttp.ClientTimeout(
+                total=check_seconds("timeout", timeout, allow_zero=False))
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         #: The default retry policy of ``ingest_many`` and ``stream``; its ``time_budget_s``
@@ -253,6 +267,7 @@ class PangoCDPClient:
 
         >>> await client.ingest("order", [{"orderId": "A1"}], source="POS")  # doctest: +SKIP
         """
+        check_bool("init_data", init_data)
         envelope = make_envelope(
             object_type,
             source,

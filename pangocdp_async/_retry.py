@@ -21,6 +21,7 @@ from ._exceptions import (
     QuotaWaitError,
     RateLimitedError,
 )
+from ._validate import check_bool, check_int, check_seconds
 
 __all__ = ["Decision", "RetryPolicy", "backoff_delay", "decide", "parse_retry_after"]
 
@@ -67,14 +68,11 @@ class RetryPolicy:
     split_bad_requests: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be >= 1")
-        if self.max_rate_limited < 0:
-            raise ValueError("RetryPolicy.max_rate_limited must be >= 0")
+        check_int("RetryPolicy.max_attempts", self.max_attempts, low=1)
+        check_int("RetryPolicy.max_rate_limited", self.max_rate_limited, low=0)
         for name in ("backoff_initial_s", "backoff_max_s", "time_budget_s"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0")
+            check_seconds(f"RetryPolicy.{name}", getattr(self, name))
+        check_bool("RetryPolicy.split_bad_requests", self.split_bad_requests)
 
 
 class Decision(enum.Enum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from .._constants import (
 )
 from .._results import IngestReport, RecordFailure
 from .._retry import RetryPolicy
+from .._validate import check_bool, check_int, check_seconds
 
 __all__ = ["MAX_CONCURRENCY", "BulkOptions", "DeadLetter", "ProgressCallback"]
 
@@ -52,17 +52,16 @@ class BulkOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
-        if not isinstance(self.init_data, bool):
-            raise TypeError(f"init_data must be True or False, got {self.init_data!r}")
-        _int("concurrency", self.concurrency, low=1, high=MAX_CONCURRENCY)
-        _int("batch_size", self.batch_size, low=1, high=MAX_ENTRIES_PER_REQUEST)
+        check_bool("init_data", self.init_data)
+        check_int("concurrency", self.concurrency, low=1, high=MAX_CONCURRENCY)
+        check_int("batch_size", self.batch_size, low=1, high=MAX_ENTRIES_PER_REQUEST)
         if self.max_batch_bytes is not None:
-            _int("max_batch_bytes", self.max_batch_bytes, low=1)
+            check_int("max_batch_bytes", self.max_batch_bytes, low=1)
         if self.max_pending is not None:
-            _int("max_pending", self.max_pending, low=1)
-        _seconds("shutdown_timeout", self.shutdown_timeout, allow_zero=True)
+            check_int("max_pending", self.max_pending, low=1)
+        check_seconds("shutdown_timeout", self.shutdown_timeout, allow_zero=True)
         if self.linger is not None:
-            _seconds("linger", self.linger, allow_zero=False)
+            check_seconds("linger", self.linger, allow_zero=False)
         if self.on_progress is not None and not callable(self.on_progress):
             raise TypeError(f"on_progress must be callable, got {self.on_progress!r}")
         if self.dead_letter is not None and not (
@@ -79,19 +78,3 @@ class BulkOptions:
         if self.max_pending is not None:
             return self.max_pending
         return self.batch_size * self.concurrency
-
-
-def _int(name: str, value: object, *, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-
-
-def _seconds(name: str, value: object, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")

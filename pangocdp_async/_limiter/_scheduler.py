@@ -41,6 +41,7 @@ from .._constants import (
     RETRY_AFTER_PAD_S,
 )
 from .._exceptions import QuotaWaitError
+from .._validate import check_bool, check_int, check_seconds
 from ._store import QuotaStore
 from ._windows import SlidingWindow, TokenBucketWindow, Window
 
@@ -123,11 +124,19 @@ class QuotaScheduler:
     ) -> None:
         if policy not in ("sliding", "token-bucket"):
             raise ValueError(f"policy must be 'sliding' or 'token-bucket', got {policy!r}")
-        if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
-            raise ValueError(f"save_every must be an int >= 1, got {save_every!r}")
-        _check_seconds("max_retry_after", max_retry_after, positive=True)
-        _check_seconds("clock_step_allowance", clock_step_allowance, positive=False)
-        _check_seconds("retry_after_pad", retry_after_pad, positive=False)
+        check_int("save_every", save_every, low=1)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        if sleep is not None and not callable(sleep):
+            raise TypeError(f"sleep must be callable, got {sleep!r}")
+        if not callable(wall_clock):
+            raise TypeError(f"wall_clock must be callable, got {wall_clock!r}")
+        if store is not None and not (hasattr(store, "load") and hasattr(store, "save")):
+            raise TypeError(f"store must have load() and save(), got {type(store).__name__}")
+        check_seconds("max_retry_after", max_retry_after, allow_zero=False)
+        check_seconds("clock_step_allowance", clock_step_allowance)
+        check_seconds("retry_after_pad", retry_after_pad)
+        check_bool("count_rejected", count_rejected)
         if margin is not None and not isinstance(margin, Margin):
             raise TypeError(f"margin must be a Margin, got {type(margin).__name__}")
         if (clock is None) != (sleep is None):
@@ -140,8 +149,6 @@ class QuotaScheduler:
         self.max_retry_after = float(max_retry_after)
         self.clock_step_allowance = float(clock_step_allowance)
         self.retry_after_pad = float(retry_after_pad)
-        if not isinstance(count_rejected, bool):
-            raise TypeError(f"count_rejected must be a bool, got {count_rejected!r}")
         self.count_rejected = count_rejected
         self._clock = clock
         self._injected_sleep = sleep
@@ -706,14 +713,6 @@ class QuotaScheduler:
             f"waiters={len(self._waiters)}, paused={paused:.3f}s, "
             f"rate_limited={self.rate_limited})"
         )
-
-
-def _check_seconds(name: str, value: object, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
 
 
 def _check_state(state: object, longest_pause: float) -> None:

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from .._config import DOCUMENTED_LIMITS, RateLimit
+from .._config import DOCUMENTED_LIMITS, RateLimit, validate_rate_limits
 from .._constants import (
     HEADER_API_KEY,
     HEADER_RATE_LIMIT_REMAINING,
@@ -29,6 +29,7 @@ from .._constants import (
     HEADER_TOKEN,
 )
 from .._models import AuthRequest, IngestRequestBody
+from .._validate import check_int, check_seconds, check_str
 from ._bucket4j import Bucket4jBucket, Refill
 
 __all__ = ["FakePangoCDP", "FakeRequest"]
@@ -111,6 +112,25 @@ class FakePangoCDP:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        for name, value in (("username", username), ("api_key", api_key),
+                            ("group_key", group_key), ("host", host)):
+            check_str(name, value)
+        check_seconds("token_lifetime_s", token_lifetime_s, allow_zero=False)
+        check_seconds("latency_s", latency_s)
+        for name, rate in (("error_rate", error_rate), ("drop_rate", drop_rate),
+                           ("drop_after_rate", drop_after_rate)):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise TypeError(f"{name} must be a probability, got {rate!r}")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be from 0 to 1, got {rate!r}")
+        check_int("error_status", error_status, low=400, high=599)
+        check_int("port", port, low=0, high=65_535)
+        if refill not in ("greedy", "interval"):
+            raise ValueError(f"refill must be 'greedy' or 'interval', got {refill!r}")
+        if rate_limits is not None:
+            rate_limits = validate_rate_limits(rate_limits)
+        if reject_entry is not None and not callable(reject_entry):
+            raise TypeError(f"reject_entry must be callable, got {reject_entry!r}")
         self.username = username
         self.api_key = api_key
         self.group_key = group_key
