@@ -77,7 +77,9 @@ class IngestReport:
     was sent, so sending it again is safe) or ``in_doubt`` (it may have reached the server and
     no answer says whether it was stored). So, after any return or raise,
     ``records_accepted + records_failed + records_unsent + records_in_doubt == records_read``.
-    Records from position ``records_read`` on were never read. ``possible_duplicates`` counts
+    Records from position ``records_read`` on were never read. ``requests`` counts ingest
+    requests made (retries included); ``auth_failures`` the attempts that failed at the auth
+    call, before any ingest request. ``possible_duplicates`` counts
     accepted records whose earlier attempt may have reached the server (a connection broke
     after sending), so the server may hold them twice. ``dead_letter_error`` is the error of a
     dead-letter sink that failed (its records are still in ``failures``). ``stopped_by`` is the
@@ -90,6 +92,7 @@ class IngestReport:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    auth_failures: int = 0
     elapsed_s: float = 0.0
     records_read: int = 0
     possible_duplicates: int = 0

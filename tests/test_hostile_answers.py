@@ -223,3 +223,18 @@ def test_a_413_splits_the_batch_until_it_fits() -> None:
     assert sorted(e["id"] for e in transport.accepted) == [i for i in range(50) if i != 9]
     assert [f.position for f in report.failures] == [9]
     assert "bytes" in str(report.failures[0].error)
+
+
+async def test_auth_failures_are_not_counted_as_ingest_requests() -> None:
+    """Wrong credentials during ingest_many: no ingest request is made, and the report says
+    so (requests 0, auth_failures 1 per batch) instead of counting the auth calls as ingest
+    requests."""
+    async with FakePangoCDP(rate_limits=None) as fake:
+        kwargs: dict[str, Any] = {**fake.client_kwargs(), "group_key": "wrong"}
+        async with PangoCDPClient(**kwargs, rate_limits=()) as client:
+            report = await client.ingest_many("order", ({"id": i} for i in range(100)),
+                                              source="POS", concurrency=1)
+    assert report.requests == 0
+    assert report.auth_failures == 2
+    assert report.records_failed == 100
+    assert fake.requests == []

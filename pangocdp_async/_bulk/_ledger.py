@@ -27,7 +27,7 @@ class SenderState:
     """One sender's batch under way. Also the client's send tracker: ``started`` when a request
     is handed to the transport, ``finished(answered)`` when it returns or fails."""
 
-    __slots__ = ("batch", "doubt", "in_flight", "isolating", "settled")
+    __slots__ = ("batch", "doubt", "in_flight", "isolating", "posts", "settled")
 
     def __init__(self) -> None:
         self.batch = _EMPTY
@@ -35,6 +35,7 @@ class SenderState:
         self.in_flight = False
         self.doubt = False  # an attempt may have reached the server with no answer
         self.isolating = False
+        self.posts = 0  # requests handed to the transport, ever
 
     def begin(self, batch: Batch) -> None:
         self.batch = batch
@@ -46,6 +47,7 @@ class SenderState:
 
     def started(self) -> None:
         self.in_flight = True
+        self.posts += 1
 
     def finished(self, answered: bool) -> None:
         self.in_flight = False

@@ -15,6 +15,7 @@ from .._constants import GATEWAY_STATUSES
 from .._exceptions import (
     APIConnectionError,
     APIStatusError,
+    AuthenticationError,
     BadRequestError,
     PangoCDPError,
     QuotaWaitError,
@@ -96,14 +97,18 @@ class BatchSender:
             # first attempt waits as long as pacing needs.
             max_wait = (None if attempts == 1
                         else max(0.0, policy.time_budget_s - (loop.time() - first_try)))
+            posts = state.posts
             try:
-                result = await self._send(body, entries=len(batch), init_data=self._init_data,
-                                          max_wait=max_wait, tracker=state)
+                await self._send(body, entries=len(batch), init_data=self._init_data,
+                                 max_wait=max_wait, tracker=state)
             except QuotaWaitError as exc:  # nothing was sent this time
                 await self._settle_failure(batch, state, exc, maybe_sent)
                 return exc
             except PangoCDPError as exc:
-                report.requests += 1
+                if state.posts > posts:
+                    report.requests += state.posts - posts
+                elif isinstance(exc, AuthenticationError):
+                    report.auth_failures += 1  # the auth call failed: no ingest request made
                 if (isinstance(exc, APIConnectionError) and exc.maybe_sent) or (
                     isinstance(exc, APIStatusError) and exc.status in GATEWAY_STATUSES
                 ):
@@ -134,7 +139,7 @@ class BatchSender:
                 if decision is Decision.RETRY:
                     await asyncio.sleep(backoff_delay(attempts, policy, self._rng))
                 continue  # AFTER_PAUSE: the scheduler holds the next reservation back
-            report.requests += result.attempts
+            report.requests += state.posts - posts
             self._ledger.accepted(batch, state, maybe_duplicate=maybe_sent)
             self.envelope_refusals = 0
             return None
