@@ -87,31 +87,26 @@ class Ledger:
 
     async def failed(self, positions: list[int], records: list[Any], error: PangoCDPError,
                      state: SenderState | None = None) -> None:
-        report = self.report
-        report.records_failed += len(positions)
-        failures = [RecordFailure(pos, record, error)
-                    for pos, record in zip(positions, records, strict=True)]
-        report.failures.extend(failures)
-        if state is not None:
-            state.settled.update(positions)
-        logger.warning("%d record(s) failed (first at position %d): %s",
-                       len(positions), positions[0], error)
-        for failure in failures:  # after they are in the report: a cancelled write loses none
-            await self.sink.write(failure)
-        report.dead_letter_error = self.sink.error
+        """Records that failed for one error."""
+        await self._record([RecordFailure(pos, record, error)
+                            for pos, record in zip(positions, records, strict=True)], state)
 
     async def failed_each(self, refused: Iterable[tuple[int, Any, PangoCDPError]]) -> None:
-        """Records the client refused: all in the report first, then to the sink."""
-        items = list(refused)
-        if not items:
+        """Records the client refused, each with its own error."""
+        await self._record([RecordFailure(pos, record, error) for pos, record, error in refused],
+                           None)
+
+    async def _record(self, failures: list[RecordFailure], state: SenderState | None) -> None:
+        if not failures:
             return
         report = self.report
-        failures = [RecordFailure(pos, record, error) for pos, record, error in items]
         report.records_failed += len(failures)
         report.failures.extend(failures)
-        logger.warning("%d record(s) refused before sending (first at position %d): %s",
+        if state is not None:
+            state.settled.update(f.position for f in failures)
+        logger.warning("%d record(s) failed (first at position %d): %s",
                        len(failures), failures[0].position, failures[0].error)
-        for failure in failures:
+        for failure in failures:  # after they are in the report: a cancelled write loses none
             await self.sink.write(failure)
         report.dead_letter_error = self.sink.error
 

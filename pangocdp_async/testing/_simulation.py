@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -78,8 +77,6 @@ class SimulationResult:
     #: When each request was handed to the "transport", read off the loop's clock at that
     #: moment (not from the limiter's books), if asked for.
     sends: list[float] = field(default_factory=list)
-    #: Seconds each ``acquire()`` took, if asked for (the limiter's CPU cost included).
-    acquire_cpu: list[float] = field(default_factory=list)
 
 
 async def simulate_senders(
@@ -154,11 +151,8 @@ async def simulate_senders(
 
     async def sender() -> None:
         while True:
-            cpu = time.process_time() if keep_sends else 0.0
             token = await acquire()
             sent_at = loop.time()
-            if keep_sends:
-                result.acquire_cpu.append(time.process_time() - cpu)
             if sent_at >= end:
                 if release is not None:
                     release(token, None)  # not sent; lets the senders queued behind it finish
