@@ -160,6 +160,25 @@ def _refuse_envelope(n: int, body: bytes) -> RawResponse:
         {"success": False, "errorCode": "MISSING_INFO", "message": "Invalid value of: source"}))
 
 
+def _refuse_ids(refused: set[int]) -> Any:
+    """A server that refuses any request holding one of ``refused``, naming no entry."""
+    def respond(n: int, body: bytes) -> RawResponse:
+        if refused & {e["id"] for e in orjson.loads(body)["entries"]}:
+            return RawResponse(400, CIMultiDict(), orjson.dumps(
+                {"success": False, "errorCode": "BAD", "message": "Missing momCode"}))
+        return RawResponse(200, CIMultiDict(), b'{"success": true}')
+    return respond
+
+
+def _ingest(transport: InProcessTransport, n: int) -> Any:
+    async def main() -> Any:
+        async with PangoCDPClient(api_key="k", token="t", transport=transport,
+                                  rate_limits=()) as client:
+            return await client.ingest_many("order", ({"id": i} for i in range(n)),
+                                            source="POS")
+    return run_in_virtual_time(main())
+
+
 def test_an_envelope_refusal_is_not_searched_entry_by_entry() -> None:
     """Every batch refused with the same message naming no entry (a wrong source): at most 3
     requests per batch, and the run stops after three batches, the rest unsent, the server's
@@ -183,21 +202,9 @@ def test_an_envelope_refusal_is_not_searched_entry_by_entry() -> None:
 
 def test_a_refused_entry_among_good_ones_is_still_found() -> None:
     """A refusal that names no entry but concerns one record: the search by halves still
-    finds it (the envelope rule needs both halves refused alike)."""
-    def respond(n: int, body: bytes) -> RawResponse:
-        ids = [e["id"] for e in orjson.loads(body)["entries"]]
-        if 17 in ids:
-            return RawResponse(400, CIMultiDict(), orjson.dumps(
-                {"success": False, "errorCode": "BAD", "message": "Missing momCode"}))
-        return RawResponse(200, CIMultiDict(), b'{"success": true}')
-    transport = InProcessTransport(respond)
-
-    async def main() -> Any:
-        async with PangoCDPClient(api_key="k", token="t", transport=transport,
-                                  rate_limits=()) as client:
-            return await client.ingest_many("order", ({"id": i} for i in range(100)),
-                                            source="POS")
-    report = run_in_virtual_time(main())
+    finds it (the envelope rule needs the left half and a lone entry refused alike)."""
+    transport = InProcessTransport(_refuse_ids({17}))
+    report = _ingest(transport, 100)
     assert [f.position for f in report.failures] == [17]
     assert report.records_accepted == 99
     assert report.stopped_by is None
@@ -244,20 +251,8 @@ def test_the_search_for_one_refused_entry_costs_what_the_readme_says() -> None:
     """One refused entry among 50, in each of its 50 places, the server naming none: 6 to 13
     extra requests, 9.9 on average; every other entry accepted once."""
     def extra_requests(poison: int) -> int:
-        def respond(n: int, body: bytes) -> RawResponse:
-            ids = [e["id"] for e in orjson.loads(body)["entries"]]
-            if poison in ids:
-                return RawResponse(400, CIMultiDict(), orjson.dumps(
-                    {"success": False, "errorCode": "BAD", "message": "Missing momCode"}))
-            return RawResponse(200, CIMultiDict(), b'{"success": true}')
-        transport = InProcessTransport(respond)
-
-        async def main() -> Any:
-            async with PangoCDPClient(api_key="k", token="t", transport=transport,
-                                      rate_limits=()) as client:
-                return await client.ingest_many("order", ({"id": i} for i in range(50)),
-                                                source="POS")
-        report = run_in_virtual_time(main())
+        transport = InProcessTransport(_refuse_ids({poison}))
+        report = _ingest(transport, 50)
         assert [f.position for f in report.failures] == [poison]
         assert sorted(e["id"] for e in transport.accepted) == [i for i in range(50)
                                                                if i != poison]
