@@ -15,7 +15,7 @@ import orjson
 from pydantic import SecretStr, ValidationError
 
 from ._constants import TOKEN_REFRESH_MARGIN_S
-from ._exceptions import AuthenticationError
+from ._exceptions import APIStatusError, AuthenticationError, RedirectError
 from ._models import AuthResponse
 from ._responses import error_for, parse_body
 from ._transport import Transport
@@ -142,7 +142,7 @@ class TokenManager:
         parsed = parse_body(response.body)
         error = error_for(response, parsed, auth=True)
         if error is not None:
-            error.body = _without_token(error.body)  # a failed answer may still carry one
+            error = _scrubbed(error, parsed)  # a failed answer may still carry a token
             logger.warning("authentication failed: %s", error)
             raise error
         try:
@@ -151,9 +151,13 @@ class TokenManager:
             raise AuthenticationError(
                 status=response.status,
                 message="the auth answer carries no token",
-                body=_without_token(parsed),
             ) from None
-        lifetime = answer.lifetime_s() or _FALLBACK_LIFETIME_S
+        if not answer.token.get_secret_value():
+            raise AuthenticationError(status=response.status,
+                                      message="the auth answer carries an empty token")
+        lifetime = answer.lifetime_s()
+        if lifetime is None or lifetime <= 0:
+            lifetime = _FALLBACK_LIFETIME_S  # absent or nonsense: do not re-auth every request
         # Short-lived tokens (tests) keep at least half their life.
         margin = min(self._margin, lifetime / 2)
         self._token = answer.token.get_secret_value()
@@ -162,7 +166,14 @@ class TokenManager:
         return self._token
 
 
-def _without_token(body: object) -> object:
-    if isinstance(body, dict) and "token" in body:
-        return {**body, "token": "**********"}
-    return body
+def _scrubbed(error: APIStatusError, body: object) -> APIStatusError:
+    """The same error without the answer's body, whose text or fields could carry a token
+    anywhere: only the status, ``errorCode``, ``message`` and request id are kept (a non-JSON
+    answer keeps none of its text)."""
+    if isinstance(error, RedirectError):
+        return error  # its message is ours, from the target's origin only
+    message = error.message if isinstance(body, dict) else "the auth answer is not JSON"
+    if message and "token" in message.lower():
+        message = "(a message mentioning the token, withheld)"
+    return type(error)(status=error.status, error_code=error.error_code, message=message,
+                       request_id=error.request_id)

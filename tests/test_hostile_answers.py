@@ -113,6 +113,32 @@ def test_a_2xx_that_is_not_a_success_loses_nothing(body: bytes) -> None:
     assert stats.records_accepted == 0
 
 
+@pytest.mark.parametrize("answer", [
+    b'{"success": false, "data": {"token": "TOK-SECRET"}}',
+    b'{"success": false, "accessToken": "TOK-SECRET"}',
+    b'[{"token": "TOK-SECRET"}]',
+    b"token=TOK-SECRET",
+    b'{"success": false, "message": "token TOK-SECRET expired"}',
+])
+async def test_no_failed_auth_answer_leaks_a_token_anywhere(
+    answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever shape a failed auth answer has (nested, another key name, a list, plain text,
+    the message itself), no token reaches the error, its body, or the log."""
+    class Answers:
+        async def post(self, url: str | URL, *, body: bytes, headers: Mapping[str, str],
+                       params: Mapping[str, str] | None = None) -> RawResponse:
+            return RawResponse(200, CIMultiDict(), answer)
+    caplog.set_level(logging.DEBUG, logger="pangocdp_async")
+    async with PangoCDPClient(username="u", api_key="k", group_key="g",
+                              auth_url="https://auth.example/auth", transport=Answers(),
+                              rate_limits=()) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.ingest("order", [{"id": 1}], source="POS")
+    texts = [str(info.value), repr(info.value), repr(info.value.__dict__), caplog.text]
+    assert not [t for t in texts if "TOK-SECRET" in t]
+
+
 class _AuthAnswers:
     """A transport whose auth answer is fixed (and whose ingest answer is a success)."""
 
@@ -180,9 +206,9 @@ def _ingest(transport: InProcessTransport, n: int) -> Any:
 
 
 def test_an_envelope_refusal_is_not_searched_entry_by_entry() -> None:
-    """Every batch refused with the same message naming no entry (a wrong source): at most 3
-    requests per batch, and the run stops after three batches, the rest unsent, the server's
-    error in the report (before: 1,980 requests for 1,000 records)."""
+    """Every batch refused with the same message naming no entry (a wrong source): 4 requests
+    per batch, and the run stops after three batches, the rest unsent, the server's error in
+    the report (before: 1,980 requests for 1,000 records)."""
     transport = InProcessTransport(_refuse_envelope)
 
     async def main() -> Any:
@@ -191,13 +217,40 @@ def test_an_envelope_refusal_is_not_searched_entry_by_entry() -> None:
             return await client.ingest_many("order", ({"id": i} for i in range(1_000)),
                                             source="NOPE", concurrency=1)
     report = run_in_virtual_time(main())
-    assert transport.requests == 3 * 3
-    assert report.records_failed == 150  # three batches, each failed with the server's words
+    assert transport.requests == 3 * 4
+    assert report.records_failed == 3 * 2  # the entries tried alone, with the server's words
     assert {f.error.message for f in report.failures} == {"Invalid value of: source"}
     assert report.stopped_by is not None
     assert report.stopped_by.message == "Invalid value of: source"
-    assert report.records_unsent == report.records_read - 150
+    assert report.records_unsent == report.records_read - 6  # safe to send once fixed
     assert not report.complete
+
+
+@pytest.mark.parametrize("bad", [{3, 25}, {24, 25}, {0, 25}, {0, 1, 25}])
+def test_bad_records_are_not_taken_for_an_envelope_fault(bad: set[int]) -> None:
+    """Bad records where the envelope test looks (the left half, the first entry of the right
+    half, the first of the left): no good record is reported failed, and each bad one is
+    found or left unsent, never accepted."""
+    transport = InProcessTransport(_refuse_ids(bad))
+    report = _ingest(transport, 50)
+    failed = {f.position for f in report.failures}
+    assert failed <= bad
+    assert not {e["id"] for e in transport.accepted} & bad
+    assert (report.records_accepted + report.records_failed + report.records_unsent
+            == report.records_read)
+
+
+def test_refusals_that_differ_only_in_ids_are_taken_alike() -> None:
+    """An envelope refusal whose message carries a per-request trace id is still recognised
+    (before: 99 requests per batch of 50, and the run never stopped)."""
+    def respond(n: int, body: bytes) -> RawResponse:
+        return RawResponse(400, CIMultiDict(), orjson.dumps(
+            {"success": False, "errorCode": "MISSING_INFO",
+             "message": f"Invalid value of: source (trace {n:08x}-{n * 7919:012x})"}))
+    transport = InProcessTransport(respond)
+    report = _ingest(transport, 1_000)
+    assert transport.requests == 3 * 4
+    assert report.stopped_by is not None
 
 
 def test_a_refused_entry_among_good_ones_is_still_found() -> None:
@@ -232,18 +285,21 @@ def test_a_413_splits_the_batch_until_it_fits() -> None:
     assert "bytes" in str(report.failures[0].error)
 
 
-async def test_auth_failures_are_not_counted_as_ingest_requests() -> None:
-    """Wrong credentials during ingest_many: no ingest request is made, and the report says
-    so (requests 0, auth_failures 1 per batch) instead of counting the auth calls as ingest
-    requests."""
+async def test_refused_credentials_stop_the_run_and_are_not_counted_as_requests() -> None:
+    """Wrong credentials during ingest_many: no ingest request is made, the report says so
+    (requests 0, auth_failures 1), and the run stops at once (the rest unsent, the refusal in
+    stopped_by) instead of an auth call per batch that could lock the account."""
     async with FakePangoCDP(rate_limits=None) as fake:
         kwargs: dict[str, Any] = {**fake.client_kwargs(), "group_key": "wrong"}
         async with PangoCDPClient(**kwargs, rate_limits=()) as client:
-            report = await client.ingest_many("order", ({"id": i} for i in range(100)),
+            report = await client.ingest_many("order", ({"id": i} for i in range(10_000)),
                                               source="POS", concurrency=1)
     assert report.requests == 0
-    assert report.auth_failures == 2
-    assert report.records_failed == 100
+    assert report.auth_failures == 1
+    assert fake.auth_calls == 1
+    assert isinstance(report.stopped_by, AuthenticationError)
+    assert report.records_failed == 50
+    assert report.records_unsent == report.records_read - 50
     assert fake.requests == []
 
 

@@ -29,7 +29,7 @@ from ._accumulator import Accumulator, SourceFailed
 from ._handover import Handover, StreamClosed
 from ._ledger import Ledger, SenderState
 from ._options import BulkOptions
-from ._sender import BatchSender, EnvelopeRefused, SendBody, Stopped
+from ._sender import BatchSender, RunRefused, SendBody, Stopped
 from ._sink import DeadLetterSink
 
 __all__ = ["END", "BulkRun", "Encoded", "Flush"]
@@ -414,7 +414,7 @@ class BulkRun:
             await sender.deliver(batch, state)
         except Stopped:
             return  # the run is stopping: shutdown puts what is left of the batch in place
-        except EnvelopeRefused as refused:
+        except RunRefused as refused:
             self.report.stopped_by = refused.error
             self._stopping = True
             state.end()

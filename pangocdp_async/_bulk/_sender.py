@@ -20,13 +20,14 @@ from .._exceptions import (
     PangoCDPError,
     QuotaWaitError,
     RateLimitedError,
+    RedirectError,
 )
 from .._results import IngestResult
 from .._retry import Decision, RetryPolicy, backoff_delay, decide
 from .._stats import StatsRecorder
 from ._ledger import Ledger, SenderState
 
-__all__ = ["ENVELOPE_REFUSALS_TO_STOP", "BatchSender", "EnvelopeRefused", "SendBody", "Stopped"]
+__all__ = ["ENVELOPE_REFUSALS_TO_STOP", "BatchSender", "RunRefused", "SendBody", "Stopped"]
 
 logger = logging.getLogger("pangocdp_async")
 
@@ -39,10 +40,11 @@ _ENTRY_INDEX = re.compile(r"entries\s*\[\s*(\d+)\s*\]")
 ENVELOPE_REFUSALS_TO_STOP = 3
 
 
-class EnvelopeRefused(Exception):
-    """Batch after batch is refused for its envelope: the run stops; ``error`` says why."""
+class RunRefused(Exception):
+    """Every further batch would be refused alike (batch after batch refused for its envelope,
+    or the credentials refused): the run stops; ``error`` says why."""
 
-    def __init__(self, error: BadRequestError) -> None:
+    def __init__(self, error: PangoCDPError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -107,8 +109,17 @@ class BatchSender:
             except PangoCDPError as exc:
                 if state.posts > posts:
                     report.requests += state.posts - posts
-                elif isinstance(exc, AuthenticationError):
-                    report.auth_failures += 1  # the auth call failed: no ingest request made
+                    if isinstance(exc, AuthenticationError) and exc.status == 401:
+                        # Refused after a token refresh (or a static token): for good.
+                        await self._ledger.failed(batch.positions, batch.entries, exc, state)
+                        raise RunRefused(exc) from exc
+                else:  # the auth call failed: no ingest request was made
+                    report.auth_failures += 1
+                    if _refused_for_good(exc):
+                        # Wrong credentials or a wrong auth_url: every batch would fail alike,
+                        # and each retry is an auth call that may lock the account.
+                        await self._ledger.failed(batch.positions, batch.entries, exc, state)
+                        raise RunRefused(exc) from exc
                 if (isinstance(exc, APIConnectionError) and exc.maybe_sent) or (
                     isinstance(exc, APIStatusError) and exc.status in GATEWAY_STATUSES
                 ):
@@ -197,21 +208,27 @@ class BatchSender:
             return
         if whole and len(batch) > 2:
             # (Only for a whole batch: deeper in the search a part refused alike is expected.)
-            # The message names no entry. If the left half, and then one entry of the right
-            # half alone, are refused for the same reason, the envelope is at fault (a wrong
-            # objectType, a source the account lacks): no entry would pass, so the batch fails
-            # after 3 requests instead of a search of about 2 per entry. (Two refused entries,
-            # one in each half, would have to include the lone one to be taken for that.)
+            # The message names no entry. If the left half, then one entry of the right half
+            # alone, then one entry of the left half alone are all refused alike, the envelope
+            # is at fault (a wrong objectType, a source the account lacks): no entry would pass,
+            # so the batch fails after 4 requests instead of a search of about 2 per entry. Bad
+            # records alone are taken for that only if both lone entries are bad.
             left, right = batch.split(len(batch) // 2 + len(batch) % 2)
             left_error = await self.deliver(left, state, isolate=False)
             if left_error is not None and _alike(left_error, error):
                 lone, right = right.split(1)
                 lone_error = await self.deliver(lone, state, isolate=False)
                 if lone_error is not None and _alike(lone_error, error):
-                    await self._envelope_refused(batch, state, error)
-                    return
+                    second, left = left.split(1)
+                    second_error = await self.deliver(second, state, isolate=False)
+                    if second_error is not None and _alike(second_error, error):
+                        await self._envelope_refused(batch, state, error)
+                        return
                 assert isinstance(left_error, BadRequestError)  # (_alike says so)
-                await self._isolate(left, left_error, state, whole=False)
+                if len(left) > 1:
+                    await self._isolate(left, left_error, state, whole=False)
+                elif left.entries:
+                    await self.deliver(left, state)  # the last suspect, alone
                 if right.entries:
                     await self.deliver(right, state)
                 return
@@ -238,18 +255,34 @@ class BatchSender:
 
     async def _envelope_refused(self, batch: Batch, state: SenderState,
                                 error: BadRequestError) -> None:
+        """Every part tried was refused alike: the envelope is very probably at fault. The two
+        entries tried alone are failed (the server refused each); the rest, never tried on its
+        own, is left unsent (safe to send again once the cause is fixed), so that bad records
+        taken for an envelope fault cost no good record a false "failed"."""
         rest = state.unsettled_of(batch)
         if rest.entries:
-            await self._ledger.failed(rest.positions, rest.entries, error, state)
+            self._ledger.unsent([rest])
+            state.settled.update(rest.positions)
         self.envelope_refusals += 1
         logger.warning("a batch was refused whole, for its envelope (%s): %d in a row",
                        error, self.envelope_refusals)
         if self.envelope_refusals >= ENVELOPE_REFUSALS_TO_STOP:
-            raise EnvelopeRefused(error)
+            raise RunRefused(error)
+
+
+def _refused_for_good(error: PangoCDPError) -> bool:
+    """An auth call's answer that no retry will change: credentials refused, or redirected."""
+    return isinstance(error, RedirectError) or (
+        isinstance(error, AuthenticationError) and error.status in (400, 401, 403))
+
+
+# What varies between two refusals for the same reason: numbers, and ids (trace ids, uuids).
+_VARYING = re.compile(r"[0-9A-Fa-f]{8}(?:-?[0-9A-Fa-f]{4,})*|\d+")
 
 
 def _alike(error: PangoCDPError, first: BadRequestError) -> bool:
-    """Another 400 for the same reason, naming no entry."""
-    return (isinstance(error, BadRequestError) and error.message == first.message
-            and error.error_code == first.error_code
+    """Another 400 for the same reason (the same error code, the same message but for numbers
+    and ids), naming no entry."""
+    return (isinstance(error, BadRequestError) and error.error_code == first.error_code
+            and _VARYING.sub("#", error.message or "") == _VARYING.sub("#", first.message or "")
             and _ENTRY_INDEX.search(error.message or "") is None)
