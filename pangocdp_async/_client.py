@@ -116,13 +116,14 @@ class PangoCDPClient:
         self.username = username
         self._api_key = SecretStr(api_key)
         self._group_key = SecretStr(group_key or "")
+        if token is not None and not token.strip():
+            raise ValueError("token must not be empty")
         self._static_token = None if token is None else SecretStr(token)
-        self.auth_url = _check_url(
-            "auth_url", auth_url or os.environ.get(ENV_AUTH_URL) or DEFAULT_AUTH_URL
-        )
-        self.ingest_url = _check_url(
-            "ingest_url", ingest_url or os.environ.get(ENV_INGEST_URL) or DEFAULT_INGEST_URL
-        )
+        # (An empty string is an error, never a silent fall-back to the production URL.)
+        self.auth_url = _check_url("auth_url", _first_set(auth_url, ENV_AUTH_URL,
+                                                          DEFAULT_AUTH_URL))
+        self.ingest_url = _check_url("ingest_url", _first_set(ingest_url, ENV_INGEST_URL,
+                                                              DEFAULT_INGEST_URL))
         self._ingest_urls = {
             flag: URL(self.ingest_url).update_query(initData="true" if flag else "false")
             for flag in (False, True)
@@ -459,6 +460,14 @@ class PangoCDPClient:
                 continue
             logger.debug("ingest: HTTP %d after %.3f s: %s", response.status, latency, error)
             raise error
+
+
+def _first_set(argument: str | None, env: str, default: str) -> str:
+    """The argument if given, else the environment variable if set, else the default."""
+    if argument is not None:
+        return argument
+    from_env = os.environ.get(env)
+    return from_env if from_env is not None else default
 
 
 def _check_url(name: str, value: str) -> str:

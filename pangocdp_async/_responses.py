@@ -35,6 +35,8 @@ def parse_body(raw: bytes) -> Any:
     """The JSON body, or the text when it is not JSON (``None`` when empty)."""
     if not raw:
         return None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, which orjson refuses
+        raw = raw[3:]
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -125,7 +127,12 @@ def _origin(location: str | None) -> str | None:
         url = URL(location.strip())
     except (ValueError, TypeError):
         return None
-    if not url.is_absolute() or not url.host:
+    if url.scheme and url.scheme not in ("http", "https"):
+        return f"a {url.scheme}: location"
+    if not url.host:
         return "a relative location on the same server"
-    port = f":{url.port}" if url.port is not None and not url.is_default_port() else ""
-    return f"{url.scheme}://{url.host}{port}"
+    try:
+        origin = url.origin() if url.scheme else URL("http:" + str(url)).origin()
+    except ValueError:
+        return None
+    return str(origin) if url.scheme else str(origin).replace("http://", "//", 1)

@@ -200,3 +200,33 @@ def test_the_accepted_forms_stay_accepted() -> None:
     PangoCDPClient(**OK_CLIENT, timeout=aiohttp.ClientTimeout(total=5))
     PangoCDPClient(**OK_CLIENT, timeout=2)
     RetryPolicy(max_attempts=1, time_budget_s=0)
+
+
+@pytest.mark.parametrize(("build", "error", "name"), [
+    (lambda: PangoCDPClient(**OK_CLIENT, timeout=10**400), ValueError, "timeout"),
+    (lambda: RetryPolicy(time_budget_s=10**400), ValueError, "time_budget_s"),
+    (lambda: QuotaScheduler(max_retry_after=10**400), ValueError, "max_retry_after"),
+    (lambda: PangoCDPClient(**OK_CLIENT, auth_url=""), ValueError, "auth_url"),
+    (lambda: PangoCDPClient(**OK_CLIENT, ingest_url=""), ValueError, "ingest_url"),
+    (lambda: PangoCDPClient(api_key="k", token=" "), ValueError, "token"),
+    (lambda: QuotaScheduler(rng=5), TypeError, "rng"),  # type: ignore[arg-type]
+    (lambda: FakePangoCDP(refill_phase="x"), TypeError, "refill_phase"),  # type: ignore[arg-type]
+    (lambda: FakePangoCDP(clock=5), TypeError, "clock"),  # type: ignore[arg-type]
+    (lambda: FakePangoCDP(script="ok"), TypeError, "script"),
+    (lambda: FakePangoCDP(script=["ok", "explode"]), ValueError, "script"),
+    (lambda: FakePangoCDP(seed=[1]), TypeError, "seed"),  # type: ignore[arg-type]
+    (lambda: FakePangoCDP(keep_entries="yes"), TypeError, "keep_entries"),  # type: ignore[arg-type]
+])
+def test_edge_values_are_refused_by_name(build: Any, error: type[Exception], name: str) -> None:
+    """Values that slipped through before: a number too large for a float (an OverflowError),
+    an empty URL (silently replaced by the production one), an empty token, and the fake's
+    own knobs."""
+    with pytest.raises(error, match=name):
+        build()
+
+
+def test_an_empty_url_from_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PANGOCDP_INGEST_URL set but empty is an error, never a fall-back to production."""
+    monkeypatch.setenv("PANGOCDP_INGEST_URL", "")
+    with pytest.raises(ValueError, match="ingest_url"):
+        PangoCDPClient(**OK_CLIENT)

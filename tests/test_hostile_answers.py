@@ -3,6 +3,7 @@ in failed auth answers; each against a small aiohttp.web server or an in-process
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from pangocdp_async import (
     PangoCDPClient,
     RawResponse,
     RedirectError,
+    RetryPolicy,
     UnsuccessfulResponseError,
 )
 from pangocdp_async.testing import FakePangoCDP, InProcessTransport, run_in_virtual_time
@@ -317,3 +319,41 @@ def test_the_search_for_one_refused_entry_costs_what_the_readme_says() -> None:
     assert min(costs) == 6
     assert max(costs) == 13
     assert round(sum(costs) / 50, 1) == 9.9
+
+
+def test_a_success_with_a_byte_order_mark_is_a_success() -> None:
+    """{"success": true} after a UTF-8 byte order mark is a success (before: failed, while
+    the server had stored the records)."""
+    report = _ingest(_answers(b'\xef\xbb\xbf{"success": true}'), 10)
+    assert report.records_accepted == 10
+
+
+@pytest.mark.parametrize(("location", "described"), [
+    ("http://[::1]:8080/x?key=SECRET", "http://[::1]:8080"),
+    ("//127.0.0.1:9/x?key=SECRET", "//127.0.0.1:9"),
+    ("javascript:alert(1)", "a javascript: location"),
+    ("https://user:SECRET@h.example/p", "https://h.example"),
+    ("/elsewhere?key=SECRET", "a relative location on the same server"),
+])
+def test_redirect_targets_are_described_by_origin_only(location: str, described: str) -> None:
+    """A redirect names where it points, by origin only (no path, query or userinfo)."""
+    transport = InProcessTransport(
+        lambda n, b: RawResponse(302, CIMultiDict({"Location": location}), b""))
+    report = _ingest(transport, 1)
+    error = report.failures[0].error
+    assert isinstance(error, RedirectError)
+    assert error.location == described
+    assert "SECRET" not in str(error)
+
+
+def test_a_backoff_never_sleeps_past_the_budget() -> None:
+    """With backoff_max_s far above the batch's 10-s budget, the batch is settled within
+    about 10 s, not after a 1,000-s sleep."""
+    async def main() -> float:
+        transport = InProcessTransport(lambda n, b: RawResponse(503, CIMultiDict(), b""))
+        policy = RetryPolicy(backoff_initial_s=1_000, backoff_max_s=1_000, time_budget_s=10)
+        async with PangoCDPClient(api_key="k", token="t", transport=transport,
+                                  rate_limits=(), retry=policy) as client:
+            await client.ingest_many("order", [{"id": 1}], source="POS")
+        return asyncio.get_running_loop().time()
+    assert run_in_virtual_time(main()) <= 10.5

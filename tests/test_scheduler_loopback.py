@@ -52,8 +52,9 @@ async def test_zero_429s_and_every_entry_once_over_loopback() -> None:
     ids = [entry["id"] for entry in fake.accepted]
     assert sorted(ids) == list(range(210 * 50))
     # 100 in the first 2 s, 100 more once those are 2 s old, the last 10 after 4 s: the windows
-    # are used fully (each send is held for its round trip plus 2 s plus the 0.05 s margin)
-    assert 4.0 <= elapsed < 5.0
+    # are used fully (each send is held for its round trip plus 2 s plus the 0.05 s margin;
+    # the upper bound leaves room for a loaded CI machine)
+    assert 4.0 <= elapsed < 6.0
 
 
 async def test_injected_429_pauses_every_sender() -> None:

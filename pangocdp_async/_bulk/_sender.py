@@ -148,7 +148,9 @@ class BatchSender:
                 report.retries += 1
                 self._stats.retries += 1
                 if decision is Decision.RETRY:
-                    await asyncio.sleep(backoff_delay(attempts, policy, self._rng))
+                    left = policy.time_budget_s - (loop.time() - first_try)
+                    await asyncio.sleep(max(0.0, min(backoff_delay(attempts, policy, self._rng),
+                                                     left)))
                 continue  # AFTER_PAUSE: the scheduler holds the next reservation back
             report.requests += state.posts - posts
             self._ledger.accepted(batch, state, maybe_duplicate=maybe_sent)

@@ -137,6 +137,8 @@ class QuotaScheduler:
         check_seconds("clock_step_allowance", clock_step_allowance)
         check_seconds("retry_after_pad", retry_after_pad)
         check_bool("count_rejected", count_rejected)
+        if rng is not None and not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random, got {type(rng).__name__}")
         if margin is not None and not isinstance(margin, Margin):
             raise TypeError(f"margin must be a Margin, got {type(margin).__name__}")
         if (clock is None) != (sleep is None):
@@ -479,7 +481,8 @@ class QuotaScheduler:
             "shares the quota; pausing all senders for %.1f s, modeling the %s as full",
             "absent" if retry_after is None else f"{retry_after:g} s",
             self._paused_until - now,
-            ", ".join(f"{w.capacity}/{w.limit.period:g}s" for w in self._windows[: self._level]),
+            ", ".join(f"{w.capacity}/{w.limit.period:g}s" for w in self._windows[: self._level])
+            or "(no windows)",
         )
         for waiter in list(self._waiters):
             if waiter.deadline < self._paused_until and not waiter.future.done():

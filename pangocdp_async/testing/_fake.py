@@ -29,7 +29,7 @@ from .._constants import (
     HEADER_TOKEN,
 )
 from .._models import AuthRequest, IngestRequestBody
-from .._validate import check_int, check_seconds, check_str
+from .._validate import check_bool, check_int, check_seconds, check_str
 from ._bucket4j import Bucket4jBucket, Refill
 
 __all__ = ["FakePangoCDP", "FakeRequest"]
@@ -43,6 +43,14 @@ INGEST_PATH = "/dhub-i/api/v1.0/ingest"
 ScriptStep = str
 #: A poison-record hook: return a message to refuse the request because of this entry.
 EntryRejecter = Callable[[dict[str, Any]], "str | None"]
+
+
+def _valid_step(step: object) -> bool:
+    if not isinstance(step, str):
+        return False
+    if step in ("ok", "drop", "drop-after", "429") or step.startswith("429:"):
+        return True
+    return step.isdigit() and 100 <= int(step) <= 599
 
 
 class Credentials(TypedDict):
@@ -131,6 +139,21 @@ class FakePangoCDP:
             rate_limits = validate_rate_limits(rate_limits)
         if reject_entry is not None and not callable(reject_entry):
             raise TypeError(f"reject_entry must be callable, got {reject_entry!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        check_seconds("refill_phase", refill_phase)
+        check_bool("keep_entries", keep_entries)
+        check_bool("name_rejected_index", name_rejected_index)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if isinstance(script, (str, bytes)) or not isinstance(script, Iterable):
+            raise TypeError(f"script must be a list of steps, got {script!r}")
+        script = list(script)
+        for step in script:
+            if not _valid_step(step):
+                raise ValueError(f"script has an unknown step {step!r}: use 'ok', '429', "
+                                 "'429:<header>', a status such as '503', 'drop' or "
+                                 "'drop-after'")
         self.username = username
         self.api_key = api_key
         self.group_key = group_key
