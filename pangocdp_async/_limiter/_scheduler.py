@@ -342,8 +342,7 @@ class QuotaScheduler:
         ``rejected=True``, a 429 (Bucket4j takes no token from a rejected request; pass
         ``count_rejected=True`` to the constructor for a server that does). Anything else is
         counted, cancelled and timed-out requests included: a refund that might be wrong could
-        make the model less safe. Completing a reservation twice, or one from before
-        :meth:`import_state`, does nothing.
+        make the model less safe. Completing a reservation twice does nothing.
         """
         try:
             self._in_flight.remove(reservation.seq)
