@@ -481,3 +481,22 @@ def test_concurrency_is_capped() -> None:
     """concurrency above 1,000 is refused (each sender costs memory up front)."""
     with pytest.raises(ValueError, match="concurrency"):
         run_many(InProcessTransport(), 1, concurrency=10**6)
+
+
+def test_an_on_progress_that_raises_stops_the_run() -> None:
+    """on_progress is the caller's code: if it raises, the run stops with PipelineError (as
+    the README says), every record read accounted for."""
+    def progress(report: IngestReport) -> None:
+        raise RuntimeError("bug in the caller's callback")
+
+    async def main() -> IngestReport:
+        async with client_for(InProcessTransport()) as client:
+            with pytest.raises(PipelineError):
+                await client.ingest_many("order", ({"id": i} for i in range(500)),
+                                         source="POS", on_progress=progress, concurrency=1)
+            assert client.last_report is not None
+            return client.last_report
+    report = run_in_virtual_time(main())
+    assert report.records_accepted == 50
+    assert (report.records_accepted + report.records_failed + report.records_unsent
+            + report.records_in_doubt) == report.records_read

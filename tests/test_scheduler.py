@@ -722,3 +722,23 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="margin"):
         QuotaScheduler(margin=0.25)  # type: ignore[arg-type]
 
+
+
+def test_the_ramp_after_a_429_stops_limiting_at_64() -> None:
+    """After a 429 the limit on sends in flight doubles with each acceptance (1, 2, 4, ...,
+    64, then none): with answers taking 1 s, 200 senders start 1, then 2, then 8 (the two
+    answers doubled it twice), then all the rest."""
+    async def main() -> list[int]:
+        s = sched([RateLimit(1_000, 1.0)])
+        s.on_rate_limited(0.0)
+        loop = asyncio.get_running_loop()
+        rounds: dict[float, int] = {}
+
+        async def one() -> None:
+            async with s.slot():
+                at = round(loop.time(), 3)
+                rounds[at] = rounds.get(at, 0) + 1
+                await asyncio.sleep(1.0)
+        await asyncio.gather(*(one() for _ in range(200)))
+        return [rounds[t] for t in sorted(rounds)]
+    assert virtual(main) == [1, 2, 8, 189]
