@@ -170,33 +170,6 @@ def test_a_queue_as_records_is_refused() -> None:
     run_in_virtual_time(main())
 
 
-def test_bad_bulk_arguments_are_refused_by_name() -> None:
-    """Wrong types and out-of-range values are refused at the call, naming the argument."""
-    async def main() -> None:
-        async with client_for(InProcessTransport()) as client:
-            cases: list[tuple[dict[str, Any], type[Exception], str]] = [
-                ({"batch_size": True}, TypeError, "batch_size"),
-                ({"batch_size": 51}, ValueError, "batch_size"),
-                ({"concurrency": 0}, ValueError, "concurrency"),
-                ({"max_batch_bytes": "x"}, TypeError, "max_batch_bytes"),
-                ({"max_batch_bytes": 10}, ValueError, "max_batch_bytes"),
-                ({"retry": "x"}, TypeError, "retry"),
-                ({"shutdown_timeout": "x"}, TypeError, "shutdown_timeout"),
-                ({"shutdown_timeout": float("nan")}, ValueError, "shutdown_timeout"),
-                ({"init_data": "yes"}, TypeError, "init_data"),
-                ({"on_progress": 3}, TypeError, "on_progress"),
-                ({"dead_letter": 3}, TypeError, "dead_letter"),
-            ]
-            for kwargs, error, name in cases:
-                with pytest.raises(error, match=name):
-                    await client.ingest_many("order", [{"id": 1}], source="POS", **kwargs)
-            with pytest.raises(ValueError, match="linger"):
-                client.stream("order", source="POS", linger=0)
-            with pytest.raises(ValueError, match="max_pending"):
-                client.stream("order", source="POS", max_pending=0)
-    run_in_virtual_time(main())
-
-
 def test_an_async_on_progress_is_awaited() -> None:
     """on_progress may be a coroutine function: it is awaited after each batch."""
     seen: list[int] = []

@@ -39,7 +39,7 @@ class SenderState:
 
     def begin(self, batch: Batch) -> None:
         self.batch = batch
-        self.settled = set()
+        self.settled.clear()
         self.doubt = False
 
     def end(self) -> None:
@@ -83,7 +83,8 @@ class Ledger:
         self.report.records_accepted += len(batch)
         if maybe_duplicate:
             self.report.possible_duplicates += len(batch)
-        state.settled.update(batch.positions)
+        if state.isolating:  # only a batch being split settles part by part
+            state.settled.update(batch.positions)
 
     async def failed(self, positions: list[int], records: list[Any], error: PangoCDPError,
                      state: SenderState | None = None) -> None:

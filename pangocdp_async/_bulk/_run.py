@@ -317,7 +317,6 @@ class BulkRun:
         else:
             for item in source:
                 yield item
-                await asyncio.sleep(0)  # a plain iterable never yields on its own
 
     async def _read_each(self, source: Source) -> None:
         loop = asyncio.get_running_loop()
@@ -380,6 +379,9 @@ class BulkRun:
         self._unsettled.add(batch.seq)
         self._emitted += 1
         self.max_queue_depth = max(self.max_queue_depth, self._queue.qsize())
+        if self._queue.qsize() < self._queue.maxsize:
+            # A plain iterable (cut by bytes) never yields on its own: let senders start.
+            await asyncio.sleep(0)
 
     async def flush(self, handover: Handover) -> None:
         """Send everything read so far and wait until it is settled (the stream's flush)."""
