@@ -147,9 +147,10 @@ class EntryEncoder:
         return entry, data
 
     def encode_batch(
-        self, records: list[Any], first: int
+        self, records: list[Any], first: int, positions: list[int] | None = None
     ) -> tuple[Batch, list[tuple[int, Any, RequestValidationError]]]:
-        """Records at positions ``first...`` as one batch, and the ones refused (with why)."""
+        """Records at positions ``first...`` (or ``positions``) as one batch, and the ones
+        refused (with why)."""
         if records and type(records[0]) is dict and len(set(map(type, records))) == 1:
             # The fast path: the whole body in one orjson call, as a bare client would do.
             body = {**self.envelope, "entries": records}
@@ -161,18 +162,21 @@ class EntryEncoder:
                 _find_null(data) is None
                 or all(_find_non_finite(r, "") is None for r in records)
             ):
-                positions = list(range(first, first + len(records)))
+                if positions is None:
+                    positions = list(range(first, first + len(records)))
                 return Batch(positions, records, body=data), []
         # Slow path, which also finds the culprits: one entry at a time.
         batch = Batch()
         refused: list[tuple[int, Any, RequestValidationError]] = []
-        for i, record in enumerate(records):
+        if positions is None:
+            positions = list(range(first, first + len(records)))
+        for position, record in zip(positions, records, strict=True):
             try:
-                entry, part = self.encode_entry(record, first + i)
+                entry, part = self.encode_entry(record, position)
             except RequestValidationError as exc:
-                refused.append((first + i, record, exc))
+                refused.append((position, record, exc))
             else:
-                batch.add(first + i, entry, part)
+                batch.add(position, entry, part)
         return batch, refused
 
     def body(self, parts: list[bytes]) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from yarl import URL
 
 from ._auth import StaticToken, TokenManager, TokenSource
 from ._batching import EntryEncoder, check_entries, encode_body, make_envelope
-from ._bulk import BulkOptions, BulkRun, DeadLetter, IngestStream
+from ._bulk import BulkOptions, BulkRun, DeadLetter, IngestStream, RunJournal
 from ._config import DOCUMENTED_LIMITS, RateLimit
 from ._constants import (
     DEFAULT_AUTH_URL,
@@ -362,14 +363,18 @@ class PangoCDPClient:
 
     def _bulk_run(self, object_type: str, source: str, je_config_id: str | None,
                   je_event_key: str | None, ignored_update_cfs: list[str] | None,
-                  options: BulkOptions) -> BulkRun:
+                  options: BulkOptions, *, journal: RunJournal | None = None,
+                  keys: deque[int] | None = None) -> BulkRun:
+        """A bulk run; ``journal`` and ``keys`` are the checkpointing hooks of the
+        ``pangocdp`` command (see :class:`RunJournal` and :class:`Accumulator`)."""
         if self._transport is None:
             raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
         envelope = make_envelope(
             object_type, source, je_config_id=je_config_id, je_event_key=je_event_key,
             ignored_update_cfs=ignored_update_cfs,
         ).wire_fields()
-        return BulkRun(self._send_encoded, EntryEncoder(envelope), options, stats=self._stats)
+        return BulkRun(self._send_encoded, EntryEncoder(envelope), options, stats=self._stats,
+                       journal=journal, keys=keys)
 
     async def _send_encoded(
         self,

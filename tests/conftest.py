@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -65,3 +66,51 @@ def make_client(fake: FakePangoCDP) -> ClientFactory:
         return PangoCDPClient(**options)
 
     return factory
+
+
+class ThreadedFake:
+    """A FakePangoCDP served by its own event loop in a thread, for tests that run the
+    ``pangocdp`` command in this thread (the command runs ``asyncio.run`` itself)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.fake = FakePangoCDP(**kwargs)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(timeout=10)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The PANGOCDP_* variables that point the command at this fake."""
+        fake = self.fake
+        env = {"PANGOCDP_USERNAME": fake.username, "PANGOCDP_API_KEY": fake.api_key,
+               "PANGOCDP_GROUP_KEY": fake.group_key, "PANGOCDP_AUTH_URL": fake.auth_url,
+               "PANGOCDP_INGEST_URL": fake.ingest_url}
+        env.update(overrides)
+        return env
+
+    def call(self, func: Callable[[], Any]) -> Any:
+        """Run ``func`` on the fake's loop (to read its state between requests)."""
+        async def run() -> Any:
+            return func()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def threaded_fake() -> Iterator[Callable[..., ThreadedFake]]:
+    made: list[ThreadedFake] = []
+
+    def factory(**kwargs: Any) -> ThreadedFake:
+        server = ThreadedFake(**kwargs)
+        made.append(server)
+        return server
+
+    yield factory
+    for server in made:
+        server.close()

@@ -24,11 +24,17 @@ def test_all_names_exist_once_and_are_documented() -> None:
 
 def test_nothing_below_the_client_imports_it() -> None:
     """Data flows one way: no module of the package but __init__ imports the client (the
-    bulk run gets what it needs handed in)."""
+    bulk run gets what it needs handed in). The command line (``cli/``) is a user of the client,
+    above it; nothing below imports the command line."""
     root = Path(pangocdp_async.__file__).parent
     for path in root.rglob("*.py"):
         if path.name in ("__init__.py", "_client.py", "__main__.py") and path.parent == root:
             continue
+        if path.parent == root / "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                assert not node.module.startswith(("cli", ".cli")), f"{path} imports the cli"
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module is not None:

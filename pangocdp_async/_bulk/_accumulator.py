@@ -10,6 +10,7 @@ is dropped.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,12 +35,17 @@ class SourceFailed(Exception):
 
 class Accumulator:
     """Cuts encoded records into batches of at most ``batch_size`` entries and, if set,
-    ``max_bytes`` bytes of request body. ``read`` counts the records taken in (positions are
-    0-based in that order)."""
+    ``max_bytes`` bytes of request body. ``read`` counts the records taken in.
 
-    __slots__ = ("_batch_size", "_max_bytes", "encoder", "partial", "read")
+    A record's position is its 0-based place in that order, unless ``keys`` is given: then the
+    source pushes each record's key (any int, such as a file and line) onto ``keys`` before it
+    yields the record, and the key is the record's position in batches and the report.
+    """
 
-    def __init__(self, encoder: EntryEncoder, batch_size: int, max_bytes: int | None) -> None:
+    __slots__ = ("_batch_size", "_max_bytes", "encoder", "keys", "partial", "read")
+
+    def __init__(self, encoder: EntryEncoder, batch_size: int, max_bytes: int | None,
+                 keys: deque[int] | None = None) -> None:
         if max_bytes is not None and max_bytes <= encoder.overhead:
             raise ValueError(
                 f"max_batch_bytes must exceed the envelope's {encoder.overhead} bytes, "
@@ -50,6 +56,7 @@ class Accumulator:
         self._max_bytes = max_bytes
         self.partial = Batch()
         self.read = 0
+        self.keys = keys
 
     def take(self, records: Iterator[Any]) -> tuple[Batch | None, list[Refused]]:
         """The next whole batch of a plain iterable (``None`` at its end), and the records
@@ -61,28 +68,37 @@ class Accumulator:
             chunk.extend(itertools.islice(records, self._batch_size))
         except Exception as exc:
             self.read = first + len(chunk)
-            partial, refused = self.encoder.encode_batch(chunk, first)
+            partial, refused = self.encoder.encode_batch(chunk, first, self._keys_of(chunk))
             raise SourceFailed(partial, refused) from exc
         self.read = first + len(chunk)
         if not chunk:
             return None, []
-        return self.encoder.encode_batch(chunk, first)
+        return self.encoder.encode_batch(chunk, first, self._keys_of(chunk))
+
+    def _keys_of(self, chunk: list[Any]) -> list[int] | None:
+        keys = self.keys
+        if keys is None:
+            return None
+        pop = keys.popleft
+        return [pop() for _ in chunk]
+
+    def _next_position(self) -> int:
+        position = self.read if self.keys is None else self.keys.popleft()
+        self.read += 1
+        return position
 
     def encode(self, record: object) -> tuple[int, dict[str, Any], bytes]:
         """Take one record in: its position, the entry sent and its JSON bytes. Raises
         :class:`RequestValidationError` (naming the position and field) if it cannot be sent;
         the record still counts as read."""
-        position = self.read
-        self.read += 1
+        position = self._next_position()
         entry, part = self.encoder.encode_entry(record, position)
         self.check_size(position, part)
         return position, entry, part
 
     def take_encoded(self) -> int:
         """Take in a record a stream already encoded; return its position."""
-        position = self.read
-        self.read += 1
-        return position
+        return self._next_position()
 
     def check_size(self, position: int, part: bytes) -> None:
         """Raise :class:`RequestValidationError` if one entry alone exceeds the byte limit."""

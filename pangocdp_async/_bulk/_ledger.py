@@ -9,38 +9,62 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from .._batching import Batch
 from .._exceptions import PangoCDPError
 from .._results import InDoubtRecord, IngestReport, RecordFailure, UnsentRecord
 from ._sink import DeadLetterSink
 
-__all__ = ["Ledger", "SenderState"]
+__all__ = ["Ledger", "RunJournal", "SenderState"]
 
 logger = logging.getLogger("pangocdp_async")
 
 _EMPTY = Batch()
 
 
+class RunJournal(Protocol):
+    """Hears, as they happen, what a checkpointing caller (the ``pangocdp`` command) must
+    persist. Calls are synchronous and come from the event loop's thread.
+
+    ``dispatched(batch)`` comes just before a batch's first request is handed to the transport;
+    ``accepted`` and ``failed`` as records settle; ``finished(batch)`` when the sender is done
+    with the batch (every record of it accepted, failed, or left unsent for a refused
+    envelope). A batch dispatched but never finished was under way when the run stopped.
+    With a journal, failures go to it and are not kept in ``report.failures``.
+    """
+
+    def dispatched(self, batch: Batch) -> None: ...
+
+    def accepted(self, positions: list[int]) -> None: ...
+
+    def failed(self, failures: list[RecordFailure]) -> None: ...
+
+    def finished(self, batch: Batch) -> None: ...
+
+
 class SenderState:
     """One sender's batch under way. Also the client's send tracker: ``started`` when a request
     is handed to the transport, ``finished(answered)`` when it returns or fails."""
 
-    __slots__ = ("batch", "doubt", "in_flight", "isolating", "posts", "settled")
+    __slots__ = ("announced", "batch", "doubt", "in_flight", "isolating", "journal", "posts",
+                 "settled")
 
-    def __init__(self) -> None:
+    def __init__(self, journal: RunJournal | None = None) -> None:
         self.batch = _EMPTY
         self.settled: set[int] = set()
         self.in_flight = False
         self.doubt = False  # an attempt may have reached the server with no answer
         self.isolating = False
         self.posts = 0  # requests handed to the transport, ever
+        self.journal = journal
+        self.announced = False  # the journal heard of this batch's first request
 
     def begin(self, batch: Batch) -> None:
         self.batch = batch
         self.settled.clear()
         self.doubt = False
+        self.announced = False
 
     def end(self) -> None:
         self.batch = _EMPTY
@@ -48,6 +72,9 @@ class SenderState:
     def started(self) -> None:
         self.in_flight = True
         self.posts += 1
+        if not self.announced and self.journal is not None:
+            self.announced = True
+            self.journal.dispatched(self.batch)
 
     def finished(self, answered: bool) -> None:
         self.in_flight = False
@@ -71,15 +98,19 @@ class SenderState:
 
 
 class Ledger:
-    """Puts records in the report (and failures in the dead-letter sink)."""
+    """Puts records in the report (and failures in the dead-letter sink and the journal)."""
 
-    __slots__ = ("report", "sink")
+    __slots__ = ("journal", "report", "sink")
 
-    def __init__(self, report: IngestReport, sink: DeadLetterSink) -> None:
+    def __init__(self, report: IngestReport, sink: DeadLetterSink,
+                 journal: RunJournal | None = None) -> None:
         self.report = report
         self.sink = sink
+        self.journal = journal
 
     def accepted(self, batch: Batch, state: SenderState, *, maybe_duplicate: bool) -> None:
+        if self.journal is not None:
+            self.journal.accepted(batch.positions)
         self.report.records_accepted += len(batch)
         if maybe_duplicate:
             self.report.possible_duplicates += len(batch)
@@ -102,7 +133,10 @@ class Ledger:
             return
         report = self.report
         report.records_failed += len(failures)
-        report.failures.extend(failures)
+        if self.journal is not None:
+            self.journal.failed(failures)
+        else:
+            report.failures.extend(failures)
         if state is not None:
             state.settled.update(f.position for f in failures)
         logger.warning("%d record(s) failed (first at position %d): %s",

@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -27,7 +28,7 @@ from .._results import IngestReport
 from .._stats import StatsRecorder
 from ._accumulator import Accumulator, SourceFailed
 from ._handover import Handover, StreamClosed
-from ._ledger import Ledger, SenderState
+from ._ledger import Ledger, RunJournal, SenderState
 from ._options import BulkOptions
 from ._sender import BatchSender, RunRefused, SendBody, Stopped
 from ._sink import DeadLetterSink
@@ -74,10 +75,13 @@ class BulkRun:
     """Built by ``PangoCDPClient.ingest_many`` and ``PangoCDPClient.stream``; used once."""
 
     def __init__(self, send: SendBody, encoder: EntryEncoder, options: BulkOptions, *,
-                 stats: StatsRecorder, rng: random.Random | None = None) -> None:
+                 stats: StatsRecorder, rng: random.Random | None = None,
+                 journal: RunJournal | None = None, keys: deque[int] | None = None) -> None:
         self.options = options
         self.encoder = encoder
-        self.accumulator = Accumulator(encoder, options.batch_size, options.max_batch_bytes)
+        self.accumulator = Accumulator(encoder, options.batch_size, options.max_batch_bytes,
+                                       keys)
+        self._journal = journal
         self.report = IngestReport()
         self._stats = stats
         self._send = send
@@ -123,7 +127,7 @@ class BulkRun:
         self._started = True
         options = self.options
         self._sink = DeadLetterSink(options.dead_letter)  # a bad path fails here, before I/O
-        self._ledger = Ledger(self.report, self._sink)
+        self._ledger = Ledger(self.report, self._sink, self._journal)
         sender = BatchSender(self._send, encoder=self.encoder, init_data=options.init_data,
                              retry=options.retry, ledger=self._ledger, stats=self._stats,
                              stopping=lambda: self._stopping, rng=self._rng)
@@ -398,7 +402,7 @@ class BulkRun:
     def _state(self) -> SenderState:
         task = asyncio.current_task()
         assert task is not None
-        state = self._states[task] = SenderState()
+        state = self._states[task] = SenderState(self._journal)
         return state
 
     async def _send_loop(self, sender: BatchSender) -> None:
@@ -419,8 +423,10 @@ class BulkRun:
         except RunRefused as refused:
             self.report.stopped_by = refused.error
             self._stopping = True
+            self._finished(batch)
             state.end()
             return
+        self._finished(batch)
         state.end()
         self._unsettled.discard(batch.seq)
         async with self._progress:
@@ -430,6 +436,11 @@ class BulkRun:
             result = callback(self.report)
             if inspect.isawaitable(result):
                 await result
+
+
+    def _finished(self, batch: Batch) -> None:
+        if self._journal is not None and batch.entries:
+            self._journal.finished(batch)
 
 
 def _nudge(put_marker: Any) -> None:

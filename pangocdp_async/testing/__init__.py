@@ -1,9 +1,10 @@
 """Test helpers, public: FakePangoCDP (a real server on loopback), InProcessTransport (no
 sockets), a Bucket4j model of the server's limiter, an event loop that runs on virtual time,
-and a simulation of many senders against the model server."""
+a simulation of many senders against the model server, and realistic sample orders."""
 
 from ._bucket4j import Bucket4jBucket, ConsumeResult, Refill
 from ._fake import FakePangoCDP, FakeRequest
+from ._samples import sample_orders, write_jsonl
 from ._simulation import (
     SimulationResult,
     greedy_server_ceiling,
@@ -37,9 +38,11 @@ __all__ = [
     "pareto_latency",
     "random_stalls",
     "run_in_virtual_time",
+    "sample_orders",
     "scheduler_hooks",
     "simulate_senders",
     "sliding_ceiling",
     "token_bucket_ceiling",
     "window_excess",
+    "write_jsonl",
 ]

@@ -92,8 +92,9 @@ class FakePangoCDP:
     ...         await client.ingest("order", [{"orderId": "1"}], source="POS")
     ...     assert len(fake.accepted) == 1
 
-    ``rate_limits=None`` disables rate limiting. ``clock`` (seconds) drives the bucket and
-    token expiry; it defaults to the loop's clock.
+    ``on_request`` is called with each :class:`FakeRequest` as it is answered (a hook for
+    tests that act at a given point of a run). ``rate_limits=None`` disables rate limiting.
+    ``clock`` (seconds) drives the bucket and token expiry; it defaults to the loop's clock.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class FakePangoCDP:
         reject_entry: EntryRejecter | None = None,
         name_rejected_index: bool = True,
         keep_entries: bool = True,
+        on_request: Callable[[FakeRequest], Any] | None = None,
         clock: Callable[[], float] | None = None,
         seed: int | None = 0,
         host: str = "127.0.0.1",
@@ -141,6 +143,8 @@ class FakePangoCDP:
             raise TypeError(f"reject_entry must be callable, got {reject_entry!r}")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
+        if on_request is not None and not callable(on_request):
+            raise TypeError(f"on_request must be callable, got {on_request!r}")
         check_seconds("refill_phase", refill_phase)
         check_bool("keep_entries", keep_entries)
         check_bool("name_rejected_index", name_rejected_index)
@@ -170,6 +174,7 @@ class FakePangoCDP:
         self.script: deque[ScriptStep] = deque(script)
         self.reject_entry = reject_entry
         self.keep_entries = keep_entries
+        self.on_request = on_request
         self._clock = clock
         self._rng = random.Random(seed)
         self._host = host
@@ -361,7 +366,10 @@ class FakePangoCDP:
         self, at: float, status: int, entries: int, outcome: str, init: bool | None = None,
         size: int | None = None,
     ) -> None:
-        self.requests.append(FakeRequest(at, status, entries, outcome, init, size))
+        request = FakeRequest(at, status, entries, outcome, init, size)
+        self.requests.append(request)
+        if self.on_request is not None:
+            self.on_request(request)
 
 
 def _dumps(obj: Any) -> str:

@@ -1,0 +1,553 @@
+"""Input files -> records, streamed: JSON Lines (``.gz`` too, ``-`` for stdin), CSV with a
+header row, and JSON arrays (parsed incrementally by ijson, never loaded whole).
+
+Every record gets a *key*: its file's index and its line (for a JSON array, its item number,
+since a streaming parser sees no lines), packed in one int. Keys are what the journal stores,
+so a resumed job skips what was settled without parsing it again. A record that cannot be read
+is yielded as a :class:`BadRecord` (the run fails it; the caller reports ``file:line:
+reason``); a file that cannot be opened is an :class:`InputError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import hashlib
+import sys
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, cast
+
+import orjson
+
+__all__ = [
+    "FORMATS",
+    "BadRecord",
+    "ColumnType",
+    "InputError",
+    "InputFile",
+    "KeySet",
+    "Reader",
+    "detect_format",
+    "fingerprint",
+    "key_of",
+    "location",
+    "split_key",
+]
+
+Format = Literal["jsonl", "csv", "json"]
+FORMATS: tuple[Format, ...] = ("jsonl", "csv", "json")
+ColumnType = Literal["str", "int", "float", "bool", "json"]
+
+_LINE_BITS = 40  # up to 2**40 lines a file, 2**23 files
+_LINE_MASK = (1 << _LINE_BITS) - 1
+_FINGERPRINT_BYTES = 1 << 20
+
+
+def key_of(file_index: int, line: int) -> int:
+    return (file_index << _LINE_BITS) | line
+
+
+def split_key(key: int) -> tuple[int, int]:
+    return key >> _LINE_BITS, key & _LINE_MASK
+
+
+class InputError(Exception):
+    """An input that cannot be read at all (missing, unreadable, unknown format)."""
+
+
+def location(file: str, line: int, *, item: bool = False) -> str:
+    """``orders.jsonl:12``, or ``orders.json:item 12`` for a JSON array's item."""
+    return f"{file}:item {line}" if item else f"{file}:{line}"
+
+
+class BadRecord:
+    """A line that is not a record: yielded in its place so that it is failed, counted and
+    journaled like any refused record. ``raw`` holds the line's text (at most 1,000
+    characters) for the dead letter; ``item`` says ``line`` is a JSON array's item number."""
+
+    __slots__ = ("file", "item", "line", "raw", "reason")
+
+    def __init__(self, file: str, line: int, reason: str, raw: str | None = None, *,
+                 item: bool = False) -> None:
+        self.file = file
+        self.line = line
+        self.reason = reason
+        self.raw = raw
+        self.item = item
+
+    def __str__(self) -> str:
+        return f"{location(self.file, self.line, item=self.item)}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"BadRecord({str(self)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    index: int
+    path: str  # as given; "-" is stdin
+    format: Format
+    gzip: bool
+
+    @property
+    def name(self) -> str:
+        return "<stdin>" if self.path == "-" else self.path
+
+
+def detect_format(path: str, override: str | None) -> tuple[Format, bool]:
+    """The format (from ``override`` or the extension) and whether the file is gzip."""
+    lower = path.lower()
+    compressed = lower.endswith(".gz")
+    if compressed:
+        lower = lower[:-3]
+    if override is not None:
+        return override, compressed  # type: ignore[return-value]
+    if path == "-":
+        return "jsonl", False
+    for suffixes, fmt in (((".jsonl", ".ndjson"), "jsonl"), ((".csv",), "csv"),
+                          ((".json",), "json")):
+        if lower.endswith(suffixes):
+            return fmt, compressed  # type: ignore[return-value]
+    raise InputError(f"{path}: cannot tell the format from the extension (use .jsonl, .ndjson, "
+                     ".csv or .json, optionally .gz), or pass --format")
+
+
+def fingerprint(path: str) -> dict[str, Any] | None:
+    """Size, modification time and a hash of the first and last MiB: enough to notice a file
+    replaced, appended to or rewritten (stdin has none)."""
+    if path == "-":
+        return None
+    p = Path(path)
+    stat = p.stat()
+    digest = hashlib.sha256()
+    with p.open("rb") as f:
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        if stat.st_size > _FINGERPRINT_BYTES:
+            f.seek(max(_FINGERPRINT_BYTES, stat.st_size - _FINGERPRINT_BYTES))
+            digest.update(f.read(_FINGERPRINT_BYTES))
+    return {"path": str(p.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sha256_ends": digest.hexdigest()}
+
+
+class KeySet:
+    """Sorted, merged ranges of keys, asked in increasing order (a cursor, so each question is
+    O(1) on average)."""
+
+    __slots__ = ("_his", "_i", "_los")
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        merged: list[list[int]] = []
+        for lo, hi in sorted(ranges):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self._los = [r[0] for r in merged]
+        self._his = [r[1] for r in merged]
+        self._i = 0
+
+    def __len__(self) -> int:
+        return len(self._los)
+
+    def __contains__(self, key: int) -> bool:
+        his, i = self._his, self._i
+        while i < len(his) and his[i] < key:
+            i += 1
+        self._i = i
+        return i < len(his) and self._los[i] <= key
+
+
+def _open_binary(spec: InputFile) -> IO[bytes]:
+    try:
+        if spec.path == "-":
+            if spec.gzip:
+                return cast(IO[bytes], gzip.GzipFile(fileobj=sys.stdin.buffer, mode="rb"))
+            return sys.stdin.buffer
+        if spec.gzip:
+            return cast(IO[bytes], gzip.open(spec.path, "rb"))
+        return Path(spec.path).open("rb")
+    except OSError as exc:
+        raise InputError(f"{spec.path}: cannot read: {exc.strerror or exc}") from None
+
+
+def check_readable(spec: InputFile) -> None:
+    """Raise :class:`InputError` now if the file cannot be opened (before anything is sent)."""
+    if spec.path == "-":
+        return
+    p = Path(spec.path)
+    if p.is_dir():
+        raise InputError(f"{spec.path}: is a directory, not a file")
+    if not p.exists():
+        raise InputError(f"{spec.path}: no such file")
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{spec.path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _clip(text: str, limit: int = 1_000) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _stream_error(exc: BaseException) -> str | None:
+    """A reason for an error of the byte stream itself (gzip, I/O), or None."""
+    if isinstance(exc, EOFError):
+        return "the compressed file is truncated (it ends before the end-of-stream marker)"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        return f"the compressed data is corrupt ({exc})"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return None
+
+
+class Reader:
+    """Yields the records of ``files`` in order; before each, its key is appended to ``keys``
+    (when given). Keys in ``skip`` are passed over without being parsed. ``stats`` counts lines
+    per outcome as they go."""
+
+    def __init__(self, files: list[InputFile], *, keys: deque[int] | None = None,
+                 skip: KeySet | None = None,
+                 column_types: dict[str, ColumnType] | None = None,
+                 csv_delimiter: str = ",") -> None:
+        self.files = files
+        self.keys = keys
+        self.skip = skip if skip is not None else KeySet([])
+        self.column_types = column_types or {}
+        self.csv_delimiter = csv_delimiter
+        #: Records yielded, records skipped as settled, and whether every file was read whole.
+        self.yielded = 0
+        self.skipped = 0
+        self.complete = False
+        #: Files with no record at all (reported, not failed).
+        self.empty_files: list[str] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        for spec in self.files:
+            yield from self._file(spec)
+        self.complete = True
+
+    def _file(self, spec: InputFile) -> Iterator[Any]:
+        before = self.yielded + self.skipped
+        stream = _open_binary(spec)
+        try:
+            if spec.format == "jsonl":
+                yield from self._jsonl(spec, stream)
+            elif spec.format == "csv":
+                yield from self._csv(spec, stream)
+            else:
+                yield from self._json(spec, stream)
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+        if self.yielded + self.skipped == before:
+            self.empty_files.append(spec.name)
+
+    def _emit(self, key: int, record: Any) -> Any:
+        if self.keys is not None:
+            self.keys.append(key)
+        self.yielded += 1
+        return record
+
+    # --- JSON Lines ----------------------------------------------------------------------------
+    def _jsonl(self, spec: InputFile, stream: IO[bytes]) -> Iterator[Any]:
+        base = spec.index << _LINE_BITS
+        skip = self.skip
+        loads = orjson.loads
+        name = spec.name
+        lineno = 0
+        lines = iter(stream)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except Exception as exc:
+                reason = _stream_error(exc)
+                if reason is None:
+                    raise
+                key = base | (lineno + 1)
+                if key not in skip:
+                    yield self._emit(key, BadRecord(name, lineno + 1, reason))
+                else:
+                    self.skipped += 1
+                return
+            lineno += 1
+            if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[3:]
+            key = base | lineno
+            if key in skip:
+                if line.strip():
+                    self.skipped += 1
+                continue
+            try:
+                record = loads(line)
+            except orjson.JSONDecodeError as exc:
+                if not line.strip():
+                    continue  # a blank line is not a record
+                yield self._emit(key, BadRecord(name, lineno, _json_reason(line, exc),
+                                                _clip(line.decode("utf-8", "replace").rstrip())))
+                continue
+            if type(record) is not dict:
+                yield self._emit(key, BadRecord(
+                    name, lineno, f"a record must be a JSON object, got {_json_kind(record)}",
+                    _clip(line.decode("utf-8", "replace").rstrip())))
+                continue
+            yield self._emit(key, record)
+
+    # --- CSV -----------------------------------------------------------------------------------
+    def _csv(self, spec: InputFile, stream: IO[bytes]) -> Iterator[Any]:
+        base = spec.index << _LINE_BITS
+        name = spec.name
+        decoder = _LineDecoder(stream)
+        reader = csv.reader(decoder, delimiter=self.csv_delimiter, strict=True)
+        types = self.column_types
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except Exception as exc:
+            yield from self._csv_error(spec, exc, decoder, 1)
+            return
+        if decoder.bad_line is not None:
+            yield self._emit(base | 1, BadRecord(name, 1, _NOT_UTF8 + " (in the header row)"))
+            return
+        unknown = sorted(set(types) - set(header))
+        if unknown:
+            raise InputError(f"{name}: --column names {', '.join(unknown)}, not in the header "
+                             f"row ({', '.join(header)})")
+        width = len(header)
+        converters = [(i, column, _CONVERTERS[types[column]])
+                      for i, column in enumerate(header) if column in types]
+        skip = self.skip
+        while True:
+            start = decoder.line + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except Exception as exc:
+                yield from self._csv_error(spec, exc, decoder, start)
+                return
+            key = base | start
+            if key in skip:
+                if row:
+                    self.skipped += 1
+                decoder.bad_line = None
+                continue
+            if not row:
+                continue  # a blank line
+            if decoder.bad_line is not None:
+                decoder.bad_line = None
+                yield self._emit(key, BadRecord(name, start, _NOT_UTF8))
+                continue
+            if len(row) != width:
+                yield self._emit(key, BadRecord(
+                    name, start, f"expected {width} columns (as in the header row), got "
+                    f"{len(row)}", _clip(self.csv_delimiter.join(row))))
+                continue
+            record: dict[str, Any] = dict(zip(header, row, strict=True))
+            problem = None
+            for i, column, convert in converters:
+                try:
+                    record[column] = convert(row[i])
+                except ValueError as exc:
+                    problem = f"column {column!r}: {exc}"
+                    break
+            if problem is not None:
+                yield self._emit(key, BadRecord(name, start, problem,
+                                                _clip(self.csv_delimiter.join(row))))
+                continue
+            yield self._emit(key, record)
+
+    def _csv_error(self, spec: InputFile, exc: Exception, decoder: _LineDecoder,
+                   start: int) -> Iterator[Any]:
+        reason = _stream_error(exc)
+        if reason is None:
+            if not isinstance(exc, csv.Error):
+                raise exc
+            reason = f"not valid CSV ({exc})"
+        key = (spec.index << _LINE_BITS) | start
+        if key in self.skip:
+            self.skipped += 1
+            return
+        yield self._emit(key, BadRecord(spec.name, start, reason))
+
+    # --- JSON array ----------------------------------------------------------------------------
+    def _json(self, spec: InputFile, stream: IO[bytes]) -> Iterator[Any]:
+        import ijson  # (imported here: only JSON arrays need it)
+
+        base = spec.index << _LINE_BITS
+        name = spec.name
+        skip = self.skip
+        item = 0
+        try:
+            for value in ijson.items(stream, "item", use_float=True):
+                item += 1
+                key = base | item
+                if key in skip:
+                    self.skipped += 1
+                    continue
+                if type(value) is not dict:
+                    yield self._emit(key, BadRecord(
+                        name, item, f"a record must be a JSON object, got {_json_kind(value)}",
+                        item=True))
+                    continue
+                yield self._emit(key, value)
+        except Exception as exc:
+            reason = _stream_error(exc)
+            if reason is None:
+                if not isinstance(exc, (ijson.JSONError, ijson.IncompleteJSONError,
+                                        UnicodeDecodeError)):
+                    raise
+                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = f"not a valid JSON array after item {item} ({text})"
+            key = base | (item + 1)
+            if key in skip:
+                self.skipped += 1
+                return
+            yield self._emit(key, BadRecord(name, item + 1, reason, item=True))
+            return
+        if item == 0 and spec.path != "-":
+            # (ijson yields nothing for a top-level object or scalar: say so)
+            stream_kind = _top_level_kind(spec)
+            if stream_kind not in ("array", "empty"):
+                key = base | 1
+                if key not in skip:
+                    yield self._emit(key, BadRecord(
+                        name, 1, f"a JSON input must be an array of objects, got "
+                        f"{stream_kind}", item=True))
+
+
+_NOT_UTF8 = "bytes that are not UTF-8"
+
+
+class _LineDecoder:
+    """Bytes lines -> text lines for the csv module, counting lines and noting the first line
+    that is not UTF-8 (decoded with replacement so that the row can still be cut)."""
+
+    __slots__ = ("_lines", "bad_line", "line")
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._lines = iter(stream)
+        self.line = 0
+        self.bad_line: int | None = None
+
+    def __iter__(self) -> _LineDecoder:
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        self.line += 1
+        if self.line == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[3:]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if self.bad_line is None:
+                self.bad_line = self.line
+            return raw.decode("utf-8", "replace")
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false, 1/0, yes/no)")
+
+
+def _to_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+
+
+def _to_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text!r}: NaN and Infinity are not valid JSON")
+    return value
+
+
+def _to_json(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+
+
+def _typed(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def run(text: str) -> Any:
+        return None if text == "" else convert(text)
+
+    return run
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": _typed(_to_int),
+    "float": _typed(_to_float),
+    "bool": _typed(_to_bool),
+    "json": _typed(_to_json),
+}
+
+
+def _json_kind(value: object) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _json_reason(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"{_NOT_UTF8} (at byte {bad.start + 1})"
+    for word in (b"NaN", b"Infinity"):
+        if word in line:
+            return f"not valid JSON: {word.decode()} is not a JSON number ({exc})"
+    return f"not valid JSON ({exc})"
+
+
+def _top_level_kind(spec: InputFile) -> str:
+    try:
+        stream = _open_binary(spec)
+    except InputError:
+        return "nothing"
+    try:
+        head = stream.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
+    except Exception:
+        return "nothing"
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if not head:
+        return "empty"
+    return {ord("["): "array", ord("{"): "an object"}.get(head[0], "something else")
+
+
+def count_lines(spec: InputFile) -> int | None:
+    """Lines in a plain file, fast (for the progress bar's total); None when unknown (stdin,
+    gzip, JSON arrays)."""
+    if spec.path == "-" or spec.gzip or spec.format == "json":
+        return None
+    count = 0
+    last = b"\n"
+    with Path(spec.path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":
+        count += 1
+    return count - (1 if spec.format == "csv" and count else 0)
+

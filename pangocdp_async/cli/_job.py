@@ -1,0 +1,463 @@
+"""``pangocdp ingest``: one run of a journaled job, from its settings to its summary.
+
+The run is ``ingest_many``'s machinery (the same scheduler, senders and ledger) with two hooks:
+the reader tags each record with its key (file and line), and the journal hears each batch
+before its first request and when it is done. Ctrl-C (or SIGTERM) cancels the run: reading
+stops, requests in flight get the shutdown timeout, the journal is closed consistent, and the
+summary says how to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .._bulk import BulkOptions
+from .._client import PangoCDPClient
+from .._config import DOCUMENTED_LIMITS, RateLimit
+from .._constants import DEFAULT_SHUTDOWN_TIMEOUT_S, ENV_API_KEY, ENV_GROUP_KEY, ENV_USERNAME
+from .._exceptions import AuthenticationError, PipelineError
+from .._limiter import QuotaScheduler, SQLiteQuotaStore
+from .._results import IngestReport
+from ..testing import FakePangoCDP
+from ._inputs import (
+    BadRecord,
+    ColumnType,
+    InputError,
+    InputFile,
+    KeySet,
+    Reader,
+    check_readable,
+    count_lines,
+    fingerprint,
+)
+from ._journal import JobMismatch, Journal
+from ._plan import plan_backfill, short_window
+
+__all__ = ["Credentials", "IngestJob", "JobResult", "UsageProblem", "run_job"]
+
+logger = logging.getLogger("pangocdp_async.cli")
+
+Policy = Literal["sliding", "token-bucket"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageProblem(Exception):
+    """A usage or configuration error (exit code 2), said plainly."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    group_key: str | None = field(default=None, repr=False)
+    auth_url: str | None = None
+    ingest_url: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    """Everything ``pangocdp ingest`` was asked."""
+
+    files: list[InputFile]
+    object_type: str
+    source: str
+    job: Path
+    init_data: bool = False
+    je_config_id: str | None = None
+    je_event_key: str | None = None
+    ignore_cf: tuple[str, ...] = ()
+    concurrency: int = 64
+    batch_size: int = 50
+    policy: Policy = "sliding"
+    dead_letter: Path | None = None
+    sandbox: bool = False
+    no_limits: bool = False
+    strict: bool = False
+    restart: bool = False
+    column_types: dict[str, ColumnType] = field(default_factory=dict)
+    csv_delimiter: str = ","
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    credentials: Credentials = field(default_factory=Credentials)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides what is sent, record by record (the journal refuses a change of it).
+        Concurrency, batch size, policy and the dead letter may change between runs."""
+        return {
+            "object_type": self.object_type, "source": self.source,
+            "init_data": self.init_data, "je_config_id": self.je_config_id,
+            "je_event_key": self.je_event_key, "ignore_cf": sorted(self.ignore_cf),
+            "formats": [f.format for f in self.files],
+            "column_types": dict(sorted(self.column_types.items())),
+            "csv_delimiter": self.csv_delimiter,
+        }
+
+
+@dataclass
+class JobResult:
+    """The summary of one run (and of the job so far)."""
+
+    exit_code: int
+    outcome: str
+    summary: dict[str, Any]
+    failures: list[dict[str, Any]]
+    report: IngestReport | None = None
+
+
+class Progress(Protocol):
+    """What the display is told while the run goes (see ``_display``)."""
+
+    def start(self, total: int | None, done: int) -> None: ...
+
+    def update(self, snapshot: dict[str, Any]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+async def run_job(job: IngestJob, progress: Progress | None = None, *,
+                  install_signals: bool = True) -> JobResult:
+    """Run (or resume) the job; return its result. Raises :class:`UsageProblem` for usage and
+    configuration errors, before anything is sent."""
+    for spec in job.files:
+        try:
+            check_readable(spec)
+        except InputError as exc:
+            raise UsageProblem(str(exc)) from None
+    if job.no_limits and not job.sandbox:
+        raise UsageProblem("--no-limits lifts the documented windows, which only the sandbox "
+                           "may do: add --sandbox")
+    if job.strict:
+        first_bad = _first_bad_record(job)
+        if first_bad is not None:
+            return JobResult(EXIT_FAILED, "refused (--strict)",
+                             {"outcome": "refused (--strict)", "first_bad_record": first_bad,
+                              "sent": 0}, [])
+    fingerprints = [fingerprint(f.path) or {"path": "-"} for f in job.files]
+    try:
+        journal = Journal(job.job)
+    except JobMismatch as exc:
+        raise UsageProblem(str(exc)) from None
+    except Exception as exc:  # (an unwritable directory, ...)
+        raise UsageProblem(f"cannot open the journal {job.job}: {exc}") from None
+    try:
+        try:
+            resumed = journal.bind(job.settings(), fingerprints, job.files, restart=job.restart)
+        except JobMismatch as exc:
+            raise UsageProblem(str(exc)) from None
+        if resumed and any(f.path == "-" for f in job.files):
+            logger.warning("resuming a job read from stdin: its records cannot be checked "
+                           "against the first run's; give the same input")
+        dead_letter = None
+        if job.dead_letter is not None:
+            try:
+                dead_letter = job.dead_letter.open("ab")
+            except OSError as exc:
+                raise UsageProblem(f"cannot write the dead letter {job.dead_letter}: "
+                                   f"{exc.strerror or exc}") from None
+        journal.dead_letter = dead_letter
+        try:
+            return await _run(job, journal, resumed, progress, install_signals)
+        finally:
+            if dead_letter is not None:
+                dead_letter.close()
+    finally:
+        journal.close()
+
+
+def _credentials(job: IngestJob, fake: FakePangoCDP | None) -> dict[str, Any]:
+    if fake is not None:
+        return dict(fake.client_kwargs())
+    c = job.credentials
+    missing = [f"--{flag} (or {env})" for flag, env, value in (
+        ("username", ENV_USERNAME, c.username), ("api-key", ENV_API_KEY, c.api_key),
+        ("group-key", ENV_GROUP_KEY, c.group_key)) if not value]
+    if missing:
+        raise UsageProblem("missing credentials: " + ", ".join(missing)
+                           + "; or try the tool with --sandbox")
+    return {"username": c.username, "api_key": c.api_key, "group_key": c.group_key,
+            "auth_url": c.auth_url, "ingest_url": c.ingest_url}
+
+
+async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progress | None,
+               install_signals: bool) -> JobResult:
+    before = journal.state()
+    settled = journal.settled_ranges()
+    resent = before.unconfirmed
+    total = before.total
+    if total is None:
+        counts = [count_lines(f) for f in job.files]
+        total = None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+    limits: tuple[RateLimit, ...] = () if job.no_limits else DOCUMENTED_LIMITS
+    fake: FakePangoCDP | None = None
+    if job.sandbox:
+        fake = FakePangoCDP(rate_limits=None if job.no_limits else DOCUMENTED_LIMITS,
+                            keep_entries=False)
+        await fake.start()
+    store = SQLiteQuotaStore(job.job, key="quota") if limits else None
+    scheduler = QuotaScheduler(limits, policy=job.policy, store=store)
+    try:
+        try:
+            client = PangoCDPClient(**_credentials(job, fake), limiter=scheduler)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+        async with client:
+            keys: deque[int] = deque()
+            reader = Reader(job.files, keys=keys, skip=KeySet(settled),
+                            column_types=job.column_types, csv_delimiter=job.csv_delimiter)
+            watcher = _Watcher(scheduler, job.batch_size, total, before, progress)
+            options = BulkOptions(
+                retry=client.retry, init_data=job.init_data, concurrency=job.concurrency,
+                batch_size=job.batch_size, on_progress=watcher.on_batch,
+                shutdown_timeout=job.shutdown_timeout)
+            run = client._bulk_run(job.object_type, job.source, job.je_config_id,
+                                   job.je_event_key, list(job.ignore_cf) or None, options,
+                                   journal=journal, keys=keys)
+            journal.begin_run()
+            outcome, error = await _drive(run.run(reader), watcher, install_signals)
+            report = run.report
+            if reader.complete:
+                total = reader.yielded + reader.skipped
+                journal.set_total(total)
+    finally:
+        await scheduler.close()
+        if store is not None:
+            store.close()
+        if fake is not None:
+            await fake.stop()
+    after = journal.state()
+    return _result(job, journal, report, outcome, error, before, after, resent, reader,
+                   resumed, fake is not None)
+
+
+async def _drive(coro: Any, watcher: _Watcher, install_signals: bool
+                 ) -> tuple[str, BaseException | None]:
+    """Run the ingest as a task that Ctrl-C and SIGTERM cancel; return how it ended."""
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task[IngestReport] = asyncio.ensure_future(coro)
+    interrupted: list[str] = []
+
+    def stop(name: str) -> None:
+        interrupted.append(name)
+        task.cancel()
+
+    installed = []
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop, sig.name)
+                installed.append(sig)
+    watcher.begin()
+    try:
+        await task
+        return "finished", None
+    except asyncio.CancelledError:
+        if not interrupted and not task.cancelled():
+            raise
+        if not interrupted:
+            raise  # we are cancelled from outside: let it through
+        return "interrupted", None
+    except PipelineError as exc:
+        return "stopped by an error", exc
+    finally:
+        watcher.end()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+class _Watcher:
+    """Feeds the display: counts after each batch, the binding window, the planner's ETA."""
+
+    def __init__(self, scheduler: QuotaScheduler, batch_size: int, total: int | None,
+                 before: Any, progress: Progress | None) -> None:
+        self.scheduler = scheduler
+        self.batch_size = batch_size
+        self.total = total
+        self.before = before
+        self.progress = progress
+        self.report: IngestReport | None = None
+        self._last_draw = -math.inf
+        self._last_plan = -math.inf
+        self._eta: float | None = None
+        self._binding: list[tuple[float, RateLimit]] = []
+        self._started = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self._started = time.monotonic()
+        if self.progress is not None:
+            self.progress.start(self.total, self.before.accepted + self.before.failed)
+            self._ticker = asyncio.ensure_future(self._tick())
+
+    def end(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.progress is not None:
+            self._draw(force=True)
+            self.progress.stop()
+
+    def on_batch(self, report: IngestReport) -> None:
+        self.report = report
+        self._draw()
+
+    async def _tick(self) -> None:
+        # The binding window is sampled twice a second; the display shows the longest window
+        # that held sends back in the last minute (a day-long backfill wants to see why).
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            window = self._binding_now()
+            if window is not None:
+                self._binding.append((now, window))
+            self._binding = [(t, w) for t, w in self._binding if now - t <= 60.0]
+            self._draw(force=True)
+
+    def _binding_now(self) -> RateLimit | None:
+        s = self.scheduler
+        if s.next_free() <= 0:
+            return None
+        usage = s.window_usage()
+        full = [lim for lim, used in usage if used >= lim.max_requests]
+        return max(full, key=lambda lim: lim.period) if full else None
+
+    def binding(self) -> RateLimit | None:
+        if not self._binding:
+            return None
+        return max((w for _, w in self._binding), key=lambda lim: lim.period)
+
+    def _draw(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        try:
+            self.progress.update(self.snapshot(now))
+        except Exception:  # a display problem must never stop the run
+            logger.exception("the progress display failed")
+            self.progress = None
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        now = time.monotonic() if now is None else now
+        report = self.report
+        accepted = report.records_accepted if report else 0
+        failed = report.records_failed if report else 0
+        done = self.before.accepted + self.before.failed + accepted + failed
+        elapsed = max(1e-9, now - self._started)
+        if self.total is not None and now - self._last_plan >= 5.0:
+            self._last_plan = now
+            self._eta = self._plan_eta(max(0, self.total - done))
+        eta = None if self._eta is None else max(0.0, self._eta - (now - self._last_plan))
+        window = self.binding()
+        return {
+            "done": done, "total": self.total, "accepted": accepted, "failed": failed,
+            "rate": (accepted + failed) / elapsed,
+            "rate_limited": report.rate_limited if report else 0,
+            "eta_s": eta, "binding": None if window is None else short_window(window),
+        }
+
+    def _plan_eta(self, remaining: int) -> float | None:
+        if not self.scheduler.limits:
+            return None
+        used = {i: n for i, (_, n) in enumerate(self.scheduler.window_usage()) if n}
+        plan = plan_backfill(remaining, batch_size=self.batch_size,
+                             policy=self.scheduler.policy, already_sent=used)
+        return plan.duration_s
+
+
+def _first_bad_record(job: IngestJob) -> str | None:
+    """--strict: read every input once, before anything is sent; the first bad record."""
+    from .._batching import EntryEncoder, make_envelope
+    from .._exceptions import RequestValidationError
+
+    envelope = make_envelope(job.object_type, job.source, je_config_id=job.je_config_id,
+                             je_event_key=job.je_event_key,
+                             ignored_update_cfs=list(job.ignore_cf) or None).wire_fields()
+    encoder = EntryEncoder(envelope)
+    keys: deque[int] = deque()
+    reader = Reader(job.files, keys=keys, column_types=job.column_types,
+                    csv_delimiter=job.csv_delimiter)
+    names = [f.name for f in job.files]
+    for record in reader:
+        key = keys.popleft()
+        if isinstance(record, BadRecord):
+            return str(record)
+        try:
+            encoder.encode_entry(record, key)
+        except RequestValidationError as exc:
+            from ._inputs import split_key
+
+            index, line = split_key(key)
+            return str(exc).replace(f"entries[{key}]", f"{names[index]}:{line}")
+    return None
+
+
+def _result(job: IngestJob, journal: Journal, report: IngestReport, outcome: str,
+            error: BaseException | None, before: Any, after: Any, resent: int, reader: Reader,
+            resumed: bool, sandbox: bool) -> JobResult:
+    stopped_by = report.stopped_by
+    left = None if after.total is None else max(
+        0, after.total - after.accepted - after.failed)
+    summary: dict[str, Any] = {
+        "outcome": outcome,
+        "resumed": resumed,
+        "run": {
+            "records_read": report.records_read,
+            "accepted": report.records_accepted,
+            "failed": report.records_failed,
+            "unsent": report.records_unsent,
+            "in_doubt": report.records_in_doubt,
+            "skipped_as_settled": reader.skipped,
+            "resent_after_interruption": min(resent, report.records_read),
+            "possible_duplicates": report.possible_duplicates + min(resent,
+                                                                    report.records_read),
+            "requests": report.requests,
+            "retries": report.retries,
+            "rate_limited": report.rate_limited,
+            "elapsed_s": round(report.elapsed_s, 3),
+        },
+        "job": {
+            "accepted": after.accepted,
+            "failed": after.failed,
+            "unconfirmed": after.unconfirmed,
+            "total": after.total,
+            "left": left,
+            "complete": after.total is not None and left == 0,
+            "runs": after.runs,
+        },
+        "journal": str(job.job),
+        "sandbox": sandbox,
+        "empty_files": reader.empty_files,
+    }
+    if stopped_by is not None:
+        summary["stopped_by"] = str(stopped_by)
+    if error is not None:
+        summary["error"] = str(error)
+    journal.end_run(report, outcome, summary)
+    failures = journal.failures(limit=20)
+    if outcome == "interrupted":
+        code = EXIT_INTERRUPTED
+    elif stopped_by is not None:
+        # The server refuses every batch alike: credentials, or the envelope (object type,
+        # source). A configuration problem; what was not sent is sent when the job resumes.
+        code = EXIT_USAGE
+        if isinstance(stopped_by, AuthenticationError):
+            summary["hint"] = "the credentials or the auth URL are refused"
+        else:
+            summary["hint"] = "check --object-type, --source and the other envelope options"
+    elif (error is not None or after.failed or report.records_unsent
+          or report.records_in_doubt or not summary["job"]["complete"]):
+        code = EXIT_FAILED
+    else:
+        code = EXIT_OK
+    summary["exit_code"] = code
+    return JobResult(code, outcome, summary, failures, report)

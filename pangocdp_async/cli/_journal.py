@@ -1,0 +1,390 @@
+"""The job journal: one SQLite file (WAL) that makes a backfill resumable.
+
+It holds the job's settings and its inputs' fingerprints, which records were settled (ranges of
+keys, accepted or failed), the failures with their errors, the batches whose first request was
+sent and that are not finished, and the runs. The quota scheduler's state lives in the same
+file (table ``quota_state``), so a resumed job also resumes its pacing.
+
+Writes are ordered so that a ``kill -9`` at any moment loses nothing:
+
+- a batch is written to ``sent`` (and committed) *before* its first request leaves;
+- when its sender is done with it, its accepted ranges are written and its ``sent`` row
+  deleted in one transaction.
+
+So after a crash, every record is either settled in ``done`` or read again; the ones that are
+also in ``sent`` were in flight and may arrive twice: the resumed run says how many. WAL with
+``synchronous=NORMAL`` makes each commit one ``write`` (no fsync): safe against the process
+dying, which is what a journal of a client must survive; a power cut may lose the last commits
+(those records are sent again).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .._batching import Batch
+from .._exceptions import APIStatusError
+from .._results import IngestReport, RecordFailure
+from ._inputs import BadRecord, InputFile, location, split_key
+
+__all__ = ["JobMismatch", "Journal", "Settled", "runs_of"]
+
+SCHEMA = 1
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS done (lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+                                 outcome TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (id INTEGER PRIMARY KEY, ranges BLOB NOT NULL,
+                                 doubt INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS failures (key INTEGER PRIMARY KEY, file TEXT NOT NULL,
+                                     line INTEGER NOT NULL, kind TEXT NOT NULL,
+                                     status INTEGER, message TEXT NOT NULL, record BLOB,
+                                     run INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started_at REAL NOT NULL,
+                                 ended_at REAL, outcome TEXT, summary BLOB);
+"""
+
+
+class JobMismatch(Exception):
+    """The journal belongs to another job (other settings, or inputs that changed)."""
+
+
+def runs_of(keys: Iterable[int]) -> list[tuple[int, int]]:
+    """Increasing keys -> ranges of consecutive keys."""
+    out: list[tuple[int, int]] = []
+    lo = hi = None
+    for key in keys:
+        if hi is not None and key == hi + 1:
+            hi = key
+            continue
+        if lo is not None and hi is not None:
+            out.append((lo, hi))
+        lo = hi = key
+    if lo is not None and hi is not None:
+        out.append((lo, hi))
+    return out
+
+
+def _batch_runs(positions: list[int]) -> list[tuple[int, int]]:
+    if positions and positions[-1] - positions[0] == len(positions) - 1:
+        return [(positions[0], positions[-1])]  # the usual batch: one run, no loop
+    return runs_of(sorted(positions))
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(a, b) for a, b in merged]
+
+
+def _subtract(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]
+              ) -> list[tuple[int, int]]:
+    """Merged ``ranges`` without the keys of merged ``minus``."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for lo, hi in ranges:
+        cur = lo
+        while j < len(minus) and minus[j][1] < cur:
+            j += 1
+        k = j
+        while cur <= hi and k < len(minus) and minus[k][0] <= hi:
+            mlo, mhi = minus[k]
+            if mlo > cur:
+                out.append((cur, mlo - 1))
+            cur = max(cur, mhi + 1)
+            k += 1
+        if cur <= hi:
+            out.append((cur, hi))
+    return out
+
+
+def _count(ranges: Iterable[tuple[int, int]]) -> int:
+    return sum(hi - lo + 1 for lo, hi in ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What the journal knows of a job."""
+
+    accepted: int
+    failed: int
+    #: Records sent by a run that stopped before their answer was written (in flight at a kill,
+    #: or in doubt): they are sent again, and may arrive twice.
+    unconfirmed: int
+    runs: int
+    total: int | None  # records in the inputs, once a run has read them all
+
+
+class Journal:
+    """One job's journal. Implements the run's journal hooks (``dispatched``, ``accepted``,
+    ``failed``, ``finished``); ``dead_letter`` (an open file) receives each failure too."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA_SQL)
+            version = self._meta("schema")
+        except sqlite3.DatabaseError as exc:
+            raise JobMismatch(f"{self.path} is not a pangocdp job journal ({exc})") from None
+        if version is None:
+            self._set_meta("schema", SCHEMA)
+        elif version != SCHEMA:
+            raise JobMismatch(f"{self.path} was written by another version of pangocdp "
+                              f"(journal schema {version}, this one reads {SCHEMA})")
+        self._names: list[str] = self._meta("names") or []
+        self._json_files: set[int] = set(self._meta("json_files") or [])  # lines are items
+        self._rows: dict[int, int] = {}  # id(batch) -> its row in "sent"
+        self._pending: list[tuple[int, int]] = []  # accepted ranges not yet written
+        self._run = 0
+        self.dead_letter: IO[bytes] | None = None
+        #: Set when a write failed: the run must stop (it could not be resumed safely).
+        self.error: BaseException | None = None
+
+    # --- meta ----------------------------------------------------------------------------------
+    def _meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else orjson.loads(row[0])
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                         "DO UPDATE SET value = excluded.value", (key, orjson.dumps(value)))
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        value: dict[str, Any] | None = self._meta("settings")
+        return value
+
+    @property
+    def inputs(self) -> list[dict[str, Any]] | None:
+        value: list[dict[str, Any]] | None = self._meta("inputs")
+        return value
+
+    def bind(self, settings: dict[str, Any], inputs: list[dict[str, Any]],
+             files: list[InputFile], *, restart: bool) -> bool:
+        """Make this the journal of the job (``settings``, ``inputs``). Returns True if it
+        resumes a job, False if it starts one. Raises :class:`JobMismatch` if the journal holds
+        another job, unless ``restart`` (then what it held is forgotten; the quota state
+        stays, since it belongs to the account, not the job)."""
+        self._names = [f.name for f in files]
+        self._json_files = {f.index for f in files if f.format == "json"}
+        known = self.settings
+        if known is not None and not restart:
+            problems = _differences(known, settings, self.inputs or [], inputs)
+            if problems:
+                raise JobMismatch(
+                    f"the journal {self.path} holds another job: " + "; ".join(problems)
+                    + ". Pass --restart to start it over (what it holds is forgotten), or "
+                    "choose another --job file")
+            self._set_meta("names", self._names)
+            self._set_meta("json_files", sorted(self._json_files))
+            return self._count_done() > 0 or self._db.execute(
+                "SELECT COUNT(*) FROM runs").fetchone()[0] > 0
+        with self._db:
+            self._db.execute("BEGIN")
+            for table in ("done", "sent", "failures", "runs"):
+                self._db.execute(f"DELETE FROM {table}")  # noqa: S608 -- fixed names
+            self._db.execute("DELETE FROM meta WHERE key != 'schema'")
+            self._set_meta("settings", settings)
+            self._set_meta("inputs", inputs)
+            self._set_meta("names", self._names)
+            self._set_meta("json_files", sorted(self._json_files))
+        return False
+
+    def _count_done(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM done").fetchone()[0])
+
+    # --- what is settled -----------------------------------------------------------------------
+    def settled_ranges(self) -> list[tuple[int, int]]:
+        """Merged ranges of every key accepted or failed."""
+        return _merge(self._db.execute("SELECT lo, hi FROM done"))
+
+    def unconfirmed_ranges(self) -> list[tuple[int, int]]:
+        """Keys sent by a run that stopped before their answer was written, not settled."""
+        sent = _merge(tuple(r) for (blob,) in self._db.execute("SELECT ranges FROM sent")
+                      for r in orjson.loads(blob))
+        return _subtract(sent, self.settled_ranges())
+
+    def state(self) -> Settled:
+        accepted = failed = 0
+        for lo, hi, outcome in self._db.execute("SELECT lo, hi, outcome FROM done"):
+            if outcome == "a":
+                accepted += hi - lo + 1
+            else:
+                failed += hi - lo + 1
+        runs = int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        total = self._meta("total")
+        return Settled(accepted, failed, _count(self.unconfirmed_ranges()), runs,
+                       None if total is None else int(total))
+
+    def set_total(self, total: int) -> None:
+        self._set_meta("total", total)
+
+    def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
+        query = ("SELECT key, file, line, kind, status, message, record FROM failures "
+                 "ORDER BY key")
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        out = []
+        for key, file, line, kind, status, message, record in self._db.execute(query):
+            item = split_key(key)[0] in self._json_files
+            out.append({"file": file, "line": line, "item": item,
+                        "where": location(file, line, item=item), "error": kind,
+                        "status": status,
+                        "message": message,
+                        "record": None if record is None else orjson.loads(record)})
+        return out
+
+    def runs(self) -> list[dict[str, Any]]:
+        out = []
+        for rid, started, ended, outcome, summary in self._db.execute(
+                "SELECT id, started_at, ended_at, outcome, summary FROM runs ORDER BY id"):
+            out.append({"run": rid, "started_at": started, "ended_at": ended,
+                        "outcome": outcome or "interrupted (killed)",
+                        "summary": None if summary is None else orjson.loads(summary)})
+        return out
+
+    # --- a run ---------------------------------------------------------------------------------
+    def begin_run(self) -> None:
+        cur = self._db.execute("INSERT INTO runs (started_at) VALUES (?)", (time.time(),))
+        self._run = int(cur.lastrowid or 0)
+
+    def end_run(self, report: IngestReport, outcome: str, summary: dict[str, Any]) -> None:
+        """Write what is pending; keep as unconfirmed the records in doubt and those an earlier
+        run left unconfirmed that are still not settled; close the run's row."""
+        self._write_pending()
+        leftover = self.unconfirmed_ranges()
+        doubt = _merge((r.position, r.position) for r in report.in_doubt)
+        keep = _merge([*leftover, *doubt])
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM sent")
+            if keep:
+                self._db.execute("INSERT INTO sent (ranges, doubt) VALUES (?, 1)",
+                                 (orjson.dumps(keep),))
+            self._db.execute("UPDATE runs SET ended_at = ?, outcome = ?, summary = ? "
+                             "WHERE id = ?", (time.time(), outcome, orjson.dumps(summary),
+                                              self._run))
+        self._rows.clear()
+
+    # The run's journal hooks. A failing write must not be swallowed: it is kept in ``error``
+    # and raised, which crashes the sender and so stops the run.
+    def dispatched(self, batch: Batch) -> None:
+        try:
+            cur = self._db.execute("INSERT INTO sent (ranges) VALUES (?)",
+                                   (orjson.dumps(_batch_runs(batch.positions)),))
+        except sqlite3.Error as exc:
+            self.error = exc
+            raise
+        self._rows[id(batch)] = int(cur.lastrowid or 0)
+
+    def accepted(self, positions: list[int]) -> None:
+        self._pending.extend(_batch_runs(positions))
+
+    def finished(self, batch: Batch) -> None:
+        row = self._rows.pop(id(batch), None)
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                if self._pending:
+                    self._db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'a')",
+                                         self._pending)
+                if row is not None:
+                    self._db.execute("DELETE FROM sent WHERE id = ?", (row,))
+        except sqlite3.Error as exc:
+            self.error = exc
+            raise
+        self._pending.clear()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self._db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'a')",
+                                 self._pending)
+            self._pending.clear()
+
+    def failed(self, failures: list[RecordFailure]) -> None:
+        rows = [self._failure_row(f) for f in failures]
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO failures (key, file, line, kind, status, message, "
+                    "record, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'f')",
+                                     [(f.position, f.position) for f in failures])
+        except sqlite3.Error as exc:
+            self.error = exc
+            raise
+        if self.dead_letter is not None:
+            for row in rows:
+                self.dead_letter.write(orjson.dumps(
+                    {"file": row[1], "line": row[2], "error": row[3], "status": row[4],
+                     "message": row[5],
+                     "record": None if row[6] is None else orjson.Fragment(row[6])},
+                    option=orjson.OPT_APPEND_NEWLINE))
+            self.dead_letter.flush()
+
+    def where(self, key: int) -> tuple[str, int, str]:
+        """The file, line (or item) and ``file:line`` label of a key."""
+        index, line = split_key(key)
+        name = self._names[index] if index < len(self._names) else f"input {index + 1}"
+        return name, line, location(name, line, item=index in self._json_files)
+
+    def _failure_row(self, failure: RecordFailure) -> tuple[Any, ...]:
+        record = failure.record
+        if isinstance(record, BadRecord):
+            return (failure.position, record.file, record.line, "bad input", None,
+                    record.reason, None if record.raw is None else orjson.dumps(record.raw),
+                    self._run)
+        name, line, label = self.where(failure.position)
+        error = failure.error
+        status = error.status if isinstance(error, APIStatusError) else None
+        message = str(error).replace(f"entries[{failure.position}]", label)
+        try:
+            blob: bytes | None = orjson.dumps(record)
+        except TypeError:
+            blob = orjson.dumps(repr(record))
+        return (failure.position, name, line, type(error).__name__, status, message, blob,
+                self._run)
+
+    def close(self) -> None:
+        try:
+            self._write_pending()
+        finally:
+            self._db.close()
+
+
+def _differences(known: dict[str, Any], settings: dict[str, Any],
+                 known_inputs: list[dict[str, Any]], inputs: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for name in sorted(set(known) | set(settings)):
+        if known.get(name) != settings.get(name):
+            problems.append(f"{name} was {known.get(name)!r}, now {settings.get(name)!r}")
+    if len(known_inputs) != len(inputs):
+        problems.append(f"it had {len(known_inputs)} input file(s), now {len(inputs)}")
+        return problems
+    for i, (was, now) in enumerate(zip(known_inputs, inputs, strict=True)):
+        if was == now:
+            continue
+        label = now.get("path") or was.get("path") or f"input {i + 1}"
+        if was.get("path") != now.get("path"):
+            problems.append(f"input {i + 1} was {was.get('path')}, now {now.get('path')}")
+        elif was.get("size") != now.get("size"):
+            problems.append(f"{label} changed (size {was.get('size'):,} -> "
+                            f"{now.get('size'):,} bytes)")
+        else:
+            problems.append(f"{label} changed since the job started")
+    return problems

@@ -1,0 +1,496 @@
+"""`pangocdp ingest` and `pangocdp status` through the real entry point, against a FakePangoCDP
+served from another thread (or the built-in sandbox).
+
+The invariant checked after every exit path: each record of the input is accepted (in the
+journal and at the server), failed (in the journal, with its file:line and reason, and in the
+dead letter), or not settled (so the next run reads it again); after a final resume every good
+record is at the server, and nothing the journal had acknowledged was sent twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+
+from pangocdp_async.cli import cli
+from pangocdp_async.cli._journal import Journal
+from pangocdp_async.testing import FakeRequest, sample_orders
+
+from .conftest import ThreadedFake
+
+Fakes = Callable[..., ThreadedFake]
+
+
+def orders_file(path: Path, n: int, *, bad_lines: dict[int, bytes] | None = None) -> list[str]:
+    """``n`` orders as JSON Lines, with ``bad_lines`` (1-based line -> bytes) put in; returns
+    the orderIds of the good records."""
+    lines = [orjson.dumps(r) for r in sample_orders(n)]
+    ids = [r["orderId"] for r in sample_orders(n)]
+    for line_no, data in sorted((bad_lines or {}).items()):
+        lines.insert(line_no - 1, data)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return ids
+
+
+def ingest(args: list[str], env: dict[str, str] | None = None, **kwargs: Any) -> Result:
+    return CliRunner().invoke(cli, ["ingest", *args], env=env, **kwargs)
+
+
+def status(job: Path) -> dict[str, Any]:
+    result = CliRunner().invoke(cli, ["status", "--job", str(job), "--json", "--failures",
+                                      "1000"])
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = orjson.loads(result.output)
+    return data
+
+
+def base_args(path: Path, job: Path, *extra: str) -> list[str]:
+    return [str(path), "--object-type", "order", "--source", "POS", "--job", str(job), *extra]
+
+
+def accepted_ids(server: ThreadedFake) -> list[str]:
+    return [str(e["orderId"]) for e in server.call(lambda: list(server.fake.accepted))]
+
+
+def settled_keys(job: Path) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """(file index, line) of every record the journal holds accepted, and failed."""
+    db = sqlite3.connect(job)
+    accepted: set[tuple[int, int]] = set()
+    failed: set[tuple[int, int]] = set()
+    for lo, hi, outcome in db.execute("SELECT lo, hi, outcome FROM done"):
+        target = accepted if outcome == "a" else failed
+        target.update((k >> 40, k & ((1 << 40) - 1)) for k in range(lo, hi + 1))
+    db.close()
+    return accepted, failed
+
+
+def check_invariant(job: Path, path: Path, server: ThreadedFake) -> None:
+    """Every line the journal holds accepted is at the server; accepted and failed never
+    overlap; nothing acknowledged arrived twice."""
+    accepted, failed = settled_keys(job)
+    assert not accepted & failed
+    lines = path.read_bytes().splitlines()
+    at_server = Counter(accepted_ids(server))
+    for _, line in accepted:
+        record = orjson.loads(lines[line - 1])
+        assert at_server[record["orderId"]] >= 1, f"line {line} acknowledged, not at the server"
+    for _, line in failed:
+        assert line <= len(lines)
+
+
+# --- the main job ------------------------------------------------------------------------------
+def test_sandbox_run_of_the_shipped_sample(tmp_path: Path) -> None:
+    """The README's main job: the sample through the in-process sandbox, in seconds."""
+    from importlib.resources import files
+
+    sample = str(files("pangocdp_async").joinpath("examples/orders.jsonl"))
+    job = tmp_path / "demo.sqlite"
+    result = ingest([sample, "--object-type", "order", "--source", "POS", "--sandbox",
+                     "--job", str(job), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.output)
+    assert summary["run"]["accepted"] == 3_000
+    assert summary["run"]["requests"] == 60
+    assert summary["run"]["rate_limited"] == 0
+    assert summary["job"]["complete"] is True
+    # Again: resumes, finds everything settled, sends nothing.
+    again = orjson.loads(ingest([sample, "--object-type", "order", "--source", "POS",
+                                 "--sandbox", "--job", str(job), "--json"]).output)
+    assert again["resumed"] is True
+    assert again["run"]["requests"] == 0
+    assert again["run"]["skipped_as_settled"] == 3_000
+
+
+def test_every_record_lands_once_and_the_job_is_complete(tmp_path: Path, threaded_fake: Fakes
+                                                         ) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    ids = orders_file(path, 230)
+    result = ingest(base_args(path, job, "--batch-size", "20"), env=server.env())
+    assert result.exit_code == 0, result.output
+    assert sorted(accepted_ids(server)) == sorted(ids)
+    assert "accepted" in result.output
+    assert "230" in result.output
+    state = status(job)
+    assert (state["accepted"], state["failed"], state["left"], state["complete"]) == (
+        230, 0, 0, True)
+    check_invariant(job, path, server)
+
+
+# --- resume ------------------------------------------------------------------------------------
+def interrupt_after(requests: int) -> Callable[[FakeRequest], None]:
+    """An on_request hook that presses Ctrl-C (SIGINT to this process) after ``requests``
+    accepted requests."""
+    seen = [0]
+
+    def hook(request: FakeRequest) -> None:
+        if request.outcome == "accepted":
+            seen[0] += 1
+            if seen[0] == requests:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return hook
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path,
+                                                           threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None, latency_s=0.005,
+                           on_request=interrupt_after(5))
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    ids = orders_file(path, 200)
+    args = base_args(path, job, "--batch-size", "5", "--concurrency", "1")
+    first = ingest(args, env=server.env())
+    assert first.exit_code == 130, first.output
+    assert "interrupted" in first.output
+    assert "to resume: pangocdp ingest" in first.output
+    state = status(job)
+    assert 25 <= state["accepted"] < 200
+    assert state["unconfirmed"] == 0  # the request in flight finished within the timeout
+    check_invariant(job, path, server)
+    before = state["accepted"]
+
+    server.fake.on_request = None
+    second = ingest([*args, "--json"], env=server.env())
+    assert second.exit_code == 0, second.output
+    summary = orjson.loads(second.output)
+    assert summary["resumed"] is True
+    assert summary["run"]["skipped_as_settled"] == before
+    assert summary["run"]["accepted"] == 200 - before
+    assert summary["run"]["resent_after_interruption"] == 0
+    counts = Counter(accepted_ids(server))
+    assert sorted(counts) == sorted(ids)
+    assert max(counts.values()) == 1  # nothing acknowledged was sent twice
+    check_invariant(job, path, server)
+
+
+def test_a_changed_input_is_refused_unless_restart(tmp_path: Path, threaded_fake: Fakes
+                                                   ) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 30)
+    assert ingest(base_args(path, job), env=server.env()).exit_code == 0
+    with path.open("ab") as f:
+        f.write(b'{"orderId": "LATE-1"}\n')
+    refused = ingest(base_args(path, job), env=server.env())
+    assert refused.exit_code == 2
+    assert "holds another job" in refused.output
+    assert "orders.jsonl changed (size" in refused.output
+    assert "--restart" in refused.output
+    assert len(accepted_ids(server)) == 30  # nothing sent
+    restarted = ingest(base_args(path, job, "--restart"), env=server.env())
+    assert restarted.exit_code == 0, restarted.output
+    assert len(accepted_ids(server)) == 30 + 31
+
+
+def test_changed_settings_are_refused(tmp_path: Path, threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 10)
+    assert ingest(base_args(path, job), env=server.env()).exit_code == 0
+    other = [str(path), "--object-type", "order", "--source", "WEB", "--job", str(job)]
+    result = ingest(other, env=server.env())
+    assert result.exit_code == 2
+    assert "source was 'POS', now 'WEB'" in result.output
+    # What may change between runs: concurrency, batch size, policy.
+    same = ingest(base_args(path, job, "--batch-size", "7", "--concurrency", "3",
+                            "--policy", "token-bucket"), env=server.env())
+    assert same.exit_code == 0, same.output
+
+
+def test_a_journal_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 1)
+    job.write_bytes(b"this is not a database" * 100)
+    result = ingest(base_args(path, job, "--sandbox"))
+    assert result.exit_code == 2
+    assert "not a pangocdp job journal" in result.output
+
+
+# --- bad records and failures ------------------------------------------------------------------
+def test_bad_records_are_dead_lettered_and_the_rest_is_sent(tmp_path: Path,
+                                                            threaded_fake: Fakes) -> None:
+    def refuse(entry: dict[str, Any]) -> str | None:
+        return "Missing customerEmail" if entry["orderId"] == "ORD-0000007" else None
+
+    server = threaded_fake(rate_limits=None, reject_entry=refuse)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    dead = tmp_path / "dead.jsonl"
+    ids = orders_file(path, 40, bad_lines={3: b"{not json", 20: b"[1, 2, 3]"})
+    result = ingest(base_args(path, job, "--dead-letter", str(dead), "--batch-size", "10"),
+                    env=server.env())
+    assert result.exit_code == 1, result.output
+    assert sorted(accepted_ids(server)) == sorted(i for i in ids if i != "ORD-0000007")
+    letters = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+    by_line = {d["line"]: d for d in letters}
+    assert set(by_line) == {3, 20, 8}  # ORD-0000007 is on line 8 (after the bad line 3)
+    assert by_line[3]["error"] == "bad input"
+    assert by_line[3]["message"].startswith("not valid JSON")
+    assert by_line[3]["record"] == "{not json"
+    assert by_line[20]["message"] == "a record must be a JSON object, got an array"
+    assert by_line[8]["status"] == 400
+    assert "Missing customerEmail" in by_line[8]["message"]
+    assert by_line[8]["record"]["orderId"] == "ORD-0000007"
+    assert all(d["file"] == str(path) for d in letters)
+    # the summary lists them as file:line: reason
+    assert f"{path}:3: not valid JSON" in result.output
+    assert f"{path}:8: " in result.output
+    state = status(job)
+    assert (state["accepted"], state["failed"], state["left"]) == (39, 3, 0)
+    assert [f["where"] for f in state["failures"]] == [f"{path}:3", f"{path}:8", f"{path}:20"]
+    check_invariant(job, path, server)
+    # A resume does not send the failed records again.
+    again = orjson.loads(ingest([*base_args(path, job), "--json"], env=server.env()).output)
+    assert again["run"]["requests"] == 0
+    assert again["exit_code"] == 1  # the job still has failures
+
+
+def test_strict_stops_at_the_first_bad_record_before_sending(tmp_path: Path,
+                                                             threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 60, bad_lines={45: b'{"orderId": NaN}', 50: b"oops"})
+    result = ingest(base_args(path, job, "--strict"), env=server.env())
+    assert result.exit_code == 1
+    assert f"{path}:45: not valid JSON: NaN" in result.output
+    assert "oops" not in result.output
+    assert ":50:" not in result.output
+    assert "nothing was sent" in result.output
+    assert server.call(lambda: len(server.fake.requests)) == 0
+
+
+def test_the_server_refusing_every_batch_is_a_configuration_error(tmp_path: Path,
+                                                                   threaded_fake: Fakes
+                                                                   ) -> None:
+    server = threaded_fake(rate_limits=None, reject_entry=lambda e: "objectType is not allowed",
+                           name_rejected_index=False)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 400)
+    result = ingest(base_args(path, job, "--json", "--concurrency", "1"), env=server.env())
+    assert result.exit_code == 2, result.output
+    summary = orjson.loads(result.output)
+    assert "objectType is not allowed" in summary["stopped_by"]
+    # Three batches refused whole stop the run: of each, the two entries tried alone are
+    # failed, the other 48 left unsent (for a resume once the cause is fixed); the rest unread.
+    assert (summary["run"]["records_read"], summary["run"]["failed"],
+            summary["run"]["unsent"]) == (150, 6, 144)
+    check_invariant(job, path, server)
+    server.fake.reject_entry = None
+    fixed = ingest(base_args(path, job, "--json"), env=server.env())
+    summary = orjson.loads(fixed.output)
+    # Only the lone entries the server refused (2 per refused batch) stay failed.
+    assert summary["job"]["failed"] == 6
+    assert summary["job"]["accepted"] == 394
+    assert fixed.exit_code == 1
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run(tmp_path: Path, threaded_fake: Fakes,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Disk full (or the file gone): the run stops rather than send what it cannot record."""
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    ids = orders_file(path, 100)
+    real = Journal.finished
+    calls = [0]
+
+    def failing(self: Journal, batch: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(self, batch)
+
+    monkeypatch.setattr(Journal, "finished", failing)
+    result = ingest(base_args(path, job, "--batch-size", "10", "--concurrency", "1", "--json"),
+                    env=server.env())
+    assert result.exit_code == 1, result.output
+    summary = orjson.loads(result.output)
+    assert "disk is full" in summary["error"]
+    check_invariant(job, path, server)
+    monkeypatch.setattr(Journal, "finished", real)
+    again = ingest(base_args(path, job, "--json"), env=server.env())
+    assert again.exit_code == 0, again.output
+    counts = Counter(accepted_ids(server))
+    assert sorted(counts) == sorted(ids)
+    # the batch whose acknowledgment could not be written is the only one sent twice
+    assert sum(counts.values()) - len(ids) <= 10
+
+
+# --- credentials and secrets -------------------------------------------------------------------
+API_KEY, GROUP_KEY = "sekret-API-1234567", "sekret-GRP-7654321"
+
+
+def test_secrets_never_appear_in_output_json_errors_or_the_journal(tmp_path: Path,
+                                                                   threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None, api_key=API_KEY, group_key=GROUP_KEY)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 20, bad_lines={2: b"nope"})
+    flags = ["--api-key", API_KEY, "--group-key", GROUP_KEY, "--username", "demo",
+             "--auth-url", server.fake.auth_url, "--ingest-url", server.fake.ingest_url]
+    outputs = []
+    for extra in ([], ["--json"], ["-vv"]):
+        result = ingest(base_args(path, job, *flags, *extra), env={})
+        outputs.append(result.output)
+    wrong = ingest(base_args(path, tmp_path / "other.sqlite", *flags[2:], "--api-key",
+                             API_KEY + "x", "--json", "-vv"), env={})
+    assert wrong.exit_code == 2
+    outputs.append(wrong.output)
+    outputs.append(CliRunner().invoke(cli, ["status", "--job", str(job)]).output)
+    outputs.append(CliRunner().invoke(cli, ["status", "--job", str(job), "--json"]).output)
+    tokens = server.call(lambda: list(server.fake._tokens))
+    assert tokens
+    journal_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("*.sqlite*"))
+    for secret in (API_KEY, GROUP_KEY, *tokens):
+        for text in outputs:
+            assert secret not in text
+        assert secret.encode() not in journal_bytes
+
+
+def test_refused_credentials_exit_2_and_send_nothing(tmp_path: Path, threaded_fake: Fakes
+                                                     ) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 30)
+    result = ingest(base_args(path, job), env=server.env(PANGOCDP_API_KEY="wrong"))
+    assert result.exit_code == 2, result.output
+    assert "refuse" in result.output
+    assert accepted_ids(server) == []
+    assert status(job)["accepted"] == 0
+
+
+def test_missing_credentials_name_the_variables(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PANGOCDP_USERNAME", "PANGOCDP_API_KEY", "PANGOCDP_GROUP_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 1)
+    result = ingest(base_args(path, tmp_path / "job.sqlite"))
+    assert result.exit_code == 2
+    for text in ("--api-key (or PANGOCDP_API_KEY)", "--group-key (or PANGOCDP_GROUP_KEY)",
+                 "--sandbox"):
+        assert text in result.output
+
+
+# --- options and exit codes --------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "message"), [
+    (["--no-limits"], "--no-limits needs --sandbox"),
+    (["--concurrency", "0"], "--concurrency"),
+    (["--batch-size", "51"], "--batch-size"),
+    (["--policy", "fast"], "--policy"),
+    (["--csv-delimiter", ";;"], "--csv-delimiter"),
+    (["--format", "xml"], "--format"),
+])
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 1)
+    result = ingest([*base_args(path, tmp_path / "job.sqlite"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_missing_input_exits_2_before_anything(tmp_path: Path) -> None:
+    result = ingest([str(tmp_path / "none.jsonl"), "--object-type", "order", "--source", "POS",
+                     "--sandbox", "--job", str(tmp_path / "j.sqlite")])
+    assert result.exit_code == 2
+    assert "no such file" in result.output
+    assert not (tmp_path / "j.sqlite").exists()
+
+
+def test_quiet_prints_nothing_on_success(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 12)
+    result = ingest(base_args(path, tmp_path / "job.sqlite", "--sandbox", "--quiet"))
+    assert result.exit_code == 0
+    assert result.output == ""
+
+
+def test_csv_and_json_inputs_and_stdin(tmp_path: Path, threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None)
+    csv = tmp_path / "c.csv"
+    csv.write_text("orderId,qty\nC-1,2\nC-2,3\n")
+    array = tmp_path / "a.json"
+    array.write_bytes(orjson.dumps([{"orderId": "J-1"}, {"orderId": "J-2"}]))
+    result = ingest([str(csv), str(array), "-", "--object-type", "order", "--source", "POS",
+                     "--column", "qty:int", "--job", str(tmp_path / "job.sqlite")],
+                    env=server.env(), input=b'{"orderId": "S-1"}\n')
+    assert result.exit_code == 0, result.output
+    entries = server.call(lambda: list(server.fake.accepted))
+    assert {e["orderId"] for e in entries} == {"C-1", "C-2", "J-1", "J-2", "S-1"}
+    assert [e["qty"] for e in entries if "qty" in e] == [2, 3]
+
+
+def test_the_envelope_options_reach_the_server(tmp_path: Path, threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None)
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 3)
+    result = ingest(base_args(path, tmp_path / "job.sqlite", "--init-data", "--je-config-id",
+                              "cfg", "--je-event-key", "evt", "--ignore-cf", "customField01"),
+                    env=server.env())
+    assert result.exit_code == 0, result.output
+    requests = server.call(lambda: list(server.fake.requests))
+    assert [r.init_data for r in requests] == [True]
+
+
+def test_help_on_every_command_has_examples() -> None:
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0
+    for command in ("ingest", "validate", "plan", "sandbox", "status"):
+        assert command in top.output
+        result = runner.invoke(cli, [command, "--help"])
+        assert result.exit_code == 0
+        assert "Example" in result.output, command
+
+
+def test_version() -> None:
+    from pangocdp_async import __version__
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_python_m_runs_the_same_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "pangocdp_async", "plan", "--records", "1000",
+                           "--json"], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["requests"] == 20
+
+
+def test_status_of_a_missing_journal_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", "--job", str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 2
+    assert "no such job journal" in result.output
+
+
+def test_sandbox_command_prints_urls_and_credentials_and_stops_on_ctrl_c() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "pangocdp_async", "sandbox", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("FakePangoCDP listening on http://127.0.0.1:")
+        rest = [proc.stdout.readline() for _ in range(5)]
+        text = "".join(rest)
+        assert "auth URL:" in text
+        assert "ingest URL:" in text
+        assert "username demo, api key demo-api-key, group key demo-group-key" in text
+        assert "export PANGOCDP_AUTH_URL=" in text
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "stopped: 0 entries accepted" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
