@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -16,7 +15,7 @@ from yarl import URL
 
 from ._auth import StaticToken, TokenManager, TokenSource
 from ._batching import EntryEncoder, check_entries, encode_body, make_envelope
-from ._bulk import BulkOptions, BulkRun, DeadLetter, IngestStream, RunJournal
+from ._bulk import BulkOptions, BulkRun, DeadLetter, IngestStream, KeyQueue, RunJournal
 from ._config import DOCUMENTED_LIMITS, RateLimit
 from ._constants import (
     DEFAULT_AUTH_URL,
@@ -364,7 +363,7 @@ class PangoCDPClient:
     def _bulk_run(self, object_type: str, source: str, je_config_id: str | None,
                   je_event_key: str | None, ignored_update_cfs: list[str] | None,
                   options: BulkOptions, *, journal: RunJournal | None = None,
-                  keys: deque[int] | None = None) -> BulkRun:
+                  keys: KeyQueue | None = None) -> BulkRun:
         """A bulk run; ``journal`` and ``keys`` are the checkpointing hooks of the
         ``pangocdp`` command (see :class:`RunJournal` and :class:`Accumulator`)."""
         if self._transport is None:

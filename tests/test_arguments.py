@@ -216,6 +216,8 @@ def test_the_accepted_forms_stay_accepted() -> None:
     (lambda: FakePangoCDP(script=["ok", "explode"]), ValueError, "script"),
     (lambda: FakePangoCDP(seed=[1]), TypeError, "seed"),  # type: ignore[arg-type]
     (lambda: FakePangoCDP(keep_entries="yes"), TypeError, "keep_entries"),  # type: ignore[arg-type]
+    (lambda: FakePangoCDP(keep_requests=1), TypeError, "keep_requests"),  # type: ignore[arg-type]
+    (lambda: FakePangoCDP(on_request=3), TypeError, "on_request"),  # type: ignore[arg-type]
 ])
 def test_edge_values_are_refused_by_name(build: Any, error: type[Exception], name: str) -> None:
     """Values that slipped through before: a number too large for a float (an OverflowError),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import pathlib
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from pangocdp_async._bulk import KeyQueue
 from pangocdp_async.cli import cli
 from pangocdp_async.cli._inputs import BadRecord, InputFile, KeySet, Reader, key_of
 
@@ -205,15 +205,15 @@ def test_reader_keys_and_skip(tmp_path: Path) -> None:
     a = write(tmp_path / "a.jsonl", GOOD + b"\n" + b"{bad\n" + GOOD)
     b = write(tmp_path / "b.jsonl", GOOD * 2)
     files = [InputFile(0, a, "jsonl", False), InputFile(1, b, "jsonl", False)]
-    keys: deque[int] = deque()
+    keys = KeyQueue()
     out = list(Reader(files, keys=keys))
-    assert list(keys) == [key_of(0, 1), key_of(0, 3), key_of(0, 4), key_of(1, 1), key_of(1, 2)]
+    assert keys.take(len(keys)) == [key_of(0, 1), key_of(0, 3), key_of(0, 4), key_of(1, 1),
+                                    key_of(1, 2)]
     assert isinstance(out[1], BadRecord)
-    keys.clear()
     reader = Reader(files, keys=keys, skip=KeySet([(key_of(0, 1), key_of(0, 3)),
                                                    (key_of(1, 2), key_of(1, 2))]))
     out = list(reader)
-    assert list(keys) == [key_of(0, 4), key_of(1, 1)]
+    assert keys.take(len(keys)) == [key_of(0, 4), key_of(1, 1)]
     assert reader.skipped == 3
     assert reader.complete
 

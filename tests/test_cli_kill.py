@@ -2,7 +2,11 @@
 FakePangoCDP in this process, is killed with SIGKILL in the middle of a burst (requests in
 flight), and resumed. The fake's record proves every record arrived, and that the duplicates
 are no more than what the journal held as sent-but-unconfirmed at the kill (the batches in
-flight), which the resumed run reports."""
+flight), which the resumed run reports.
+
+A batch is in flight from the moment its first request is handed to the transport until its
+outcome is committed (with its sender's next dispatch, or when the event loop turns): each
+sender has at most one."""
 
 from __future__ import annotations
 

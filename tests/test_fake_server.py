@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from pangocdp_async import RateLimit
+from pangocdp_async import PangoCDPClient, RateLimit
 from pangocdp_async.testing import Bucket4jBucket, FakePangoCDP
 from tests.conftest import ManualClock
 
@@ -218,3 +218,17 @@ async def test_fake_drop_after_keeps_the_entries(fake: FakePangoCDP) -> None:
         await _post(session, fake.ingest_url, token, BODY)
     assert fake.accepted == [{"a": 1}, {"a": 1}]
     assert [r.outcome for r in fake.requests] == ["dropped", "accepted"]
+
+
+async def test_keep_requests_off_keeps_counts_only() -> None:
+    """A long-running sandbox keeps no per-request log, only the counts by outcome; the
+    on_request hook still hears each request."""
+    heard: list[str] = []
+    async with FakePangoCDP(rate_limits=None, keep_requests=False,
+                            on_request=lambda r: heard.append(r.outcome)) as fake:
+        async with PangoCDPClient(**fake.client_kwargs(), rate_limits=()) as client:
+            await client.ingest("order", [{"orderId": "1"}], source="POS")
+            await client.ingest("order", [{"orderId": "2"}], source="POS")
+    assert fake.requests == []
+    assert fake.outcomes["accepted"] == 2
+    assert heard == ["accepted", "accepted"]

@@ -10,14 +10,13 @@ is dropped.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from .._batching import Batch, EntryEncoder
 from .._exceptions import RequestValidationError
 
-__all__ = ["Accumulator", "Refused", "SourceFailed"]
+__all__ = ["Accumulator", "KeyQueue", "Refused", "SourceFailed"]
 
 #: A record the client refused before sending: (position, record, why).
 Refused = tuple[int, Any, RequestValidationError]
@@ -33,19 +32,56 @@ class SourceFailed(Exception):
         self.refused = refused
 
 
+class KeyQueue:
+    """Record keys, pushed by a source as it yields records and taken by the batch: a list and
+    a read index (a batch takes its keys with one slice, not one call per record)."""
+
+    __slots__ = ("_head", "_items", "append")
+
+    def __init__(self) -> None:
+        self._items: list[int] = []
+        self._head = 0
+        #: Push one key (the list's own append: a source calls it once per record).
+        self.append = self._items.append
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    def take(self, n: int) -> list[int]:
+        """The next ``n`` keys, oldest first."""
+        head = self._head
+        out = self._items[head:head + n]
+        if len(out) != n:
+            raise RuntimeError(f"the source pushed {len(out)} key(s) for {n} record(s)")
+        head += n
+        if head >= 4_096 and head * 2 >= len(self._items):
+            del self._items[:head]  # (amortized: the list never holds much that was taken)
+            head = 0
+        self._head = head
+        return out
+
+    def take_one(self) -> int:
+        return self.take(1)[0]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._head = 0
+
+
 class Accumulator:
     """Cuts encoded records into batches of at most ``batch_size`` entries and, if set,
     ``max_bytes`` bytes of request body. ``read`` counts the records taken in.
 
     A record's position is its 0-based place in that order, unless ``keys`` is given: then the
-    source pushes each record's key (any int, such as a file and line) onto ``keys`` before it
-    yields the record, and the key is the record's position in batches and the report.
+    source pushes each record's key (any int, such as a file and line) onto ``keys`` (a
+    :class:`KeyQueue`) before it yields the record, and the key is the record's position in
+    batches and the report.
     """
 
     __slots__ = ("_batch_size", "_max_bytes", "encoder", "keys", "partial", "read")
 
     def __init__(self, encoder: EntryEncoder, batch_size: int, max_bytes: int | None,
-                 keys: deque[int] | None = None) -> None:
+                 keys: KeyQueue | None = None) -> None:
         if max_bytes is not None and max_bytes <= encoder.overhead:
             raise ValueError(
                 f"max_batch_bytes must exceed the envelope's {encoder.overhead} bytes, "
@@ -77,13 +113,10 @@ class Accumulator:
 
     def _keys_of(self, chunk: list[Any]) -> list[int] | None:
         keys = self.keys
-        if keys is None:
-            return None
-        pop = keys.popleft
-        return [pop() for _ in chunk]
+        return None if keys is None else keys.take(len(chunk))
 
     def _next_position(self) -> int:
-        position = self.read if self.keys is None else self.keys.popleft()
+        position = self.read if self.keys is None else self.keys.take_one()
         self.read += 1
         return position
 

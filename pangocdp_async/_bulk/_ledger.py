@@ -27,14 +27,15 @@ class RunJournal(Protocol):
     """Hears, as they happen, what a checkpointing caller (the ``pangocdp`` command) must
     persist. Calls are synchronous and come from the event loop's thread.
 
-    ``dispatched(batch)`` comes just before a batch's first request is handed to the transport;
+    ``dispatched(batch, sender)`` comes just before a batch's first request is handed to the
+    transport (``sender`` numbers the sender, from 0; each has one batch at a time);
     ``accepted`` and ``failed`` as records settle; ``finished(batch)`` when the sender is done
     with the batch (every record of it accepted, failed, or left unsent for a refused
     envelope). A batch dispatched but never finished was under way when the run stopped.
     With a journal, failures go to it and are not kept in ``report.failures``.
     """
 
-    def dispatched(self, batch: Batch) -> None: ...
+    def dispatched(self, batch: Batch, sender: int) -> None: ...
 
     def accepted(self, positions: list[int]) -> None: ...
 
@@ -47,10 +48,10 @@ class SenderState:
     """One sender's batch under way. Also the client's send tracker: ``started`` when a request
     is handed to the transport, ``finished(answered)`` when it returns or fails."""
 
-    __slots__ = ("announced", "batch", "doubt", "in_flight", "isolating", "journal", "posts",
-                 "settled")
+    __slots__ = ("announced", "batch", "doubt", "in_flight", "index", "isolating", "journal",
+                 "posts", "settled")
 
-    def __init__(self, journal: RunJournal | None = None) -> None:
+    def __init__(self, journal: RunJournal | None = None, index: int = 0) -> None:
         self.batch = _EMPTY
         self.settled: set[int] = set()
         self.in_flight = False
@@ -58,6 +59,7 @@ class SenderState:
         self.isolating = False
         self.posts = 0  # requests handed to the transport, ever
         self.journal = journal
+        self.index = index  # the sender's number in its run
         self.announced = False  # the journal heard of this batch's first request
 
     def begin(self, batch: Batch) -> None:
@@ -74,7 +76,7 @@ class SenderState:
         self.posts += 1
         if not self.announced and self.journal is not None:
             self.announced = True
-            self.journal.dispatched(self.batch)
+            self.journal.dispatched(self.batch, self.index)
 
     def finished(self, answered: bool) -> None:
         self.in_flight = False

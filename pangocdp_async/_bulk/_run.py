@@ -18,7 +18,6 @@ import contextlib
 import inspect
 import logging
 import random
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -26,7 +25,7 @@ from .._batching import Batch, EntryEncoder
 from .._exceptions import PipelineError, RecordSourceError, RequestValidationError
 from .._results import IngestReport
 from .._stats import StatsRecorder
-from ._accumulator import Accumulator, SourceFailed
+from ._accumulator import Accumulator, KeyQueue, SourceFailed
 from ._handover import Handover, StreamClosed
 from ._ledger import Ledger, RunJournal, SenderState
 from ._options import BulkOptions
@@ -76,7 +75,7 @@ class BulkRun:
 
     def __init__(self, send: SendBody, encoder: EntryEncoder, options: BulkOptions, *,
                  stats: StatsRecorder, rng: random.Random | None = None,
-                 journal: RunJournal | None = None, keys: deque[int] | None = None) -> None:
+                 journal: RunJournal | None = None, keys: KeyQueue | None = None) -> None:
         self.options = options
         self.encoder = encoder
         self.accumulator = Accumulator(encoder, options.batch_size, options.max_batch_bytes,
@@ -402,7 +401,7 @@ class BulkRun:
     def _state(self) -> SenderState:
         task = asyncio.current_task()
         assert task is not None
-        state = self._states[task] = SenderState(self._journal)
+        state = self._states[task] = SenderState(self._journal, len(self._states))
         return state
 
     async def _send_loop(self, sender: BatchSender) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import signal
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +21,7 @@ from rich.text import Text
 
 from .. import __version__
 from .._batching import EntryEncoder, make_envelope
+from .._bulk import KeyQueue
 from .._bulk._options import MAX_CONCURRENCY
 from .._config import DOCUMENTED_LIMITS
 from .._constants import (
@@ -365,7 +366,7 @@ def validate(files: tuple[str, ...], object_type: str, source: str, je_config_id
 def _validate(inputs: list[InputFile], encoder: EntryEncoder, batch_size: int,
               column_types: dict[str, ColumnType], csv_delimiter: str,
               emit: Any) -> tuple[list[str], int, int, Reader]:
-    keys: deque[int] = deque()
+    keys = KeyQueue()
     try:
         reader = Reader(inputs, keys=keys, column_types=column_types,
                         csv_delimiter=csv_delimiter)
@@ -382,7 +383,7 @@ def _validate(inputs: list[InputFile], encoder: EntryEncoder, batch_size: int,
                     break
             if not chunk:
                 break
-            positions = [keys.popleft() for _ in chunk]
+            positions = keys.take(len(chunk))
             batch, refused = encoder.encode_batch(chunk, 0, positions)
             records += len(batch)
             batches += 1 if batch.entries else 0
@@ -471,7 +472,12 @@ def sandbox(port: int, refill: str, no_limits: bool) -> None:
     async def serve() -> None:
         fake = FakePangoCDP(port=port, refill=refill,  # type: ignore[arg-type]
                             rate_limits=None if no_limits else DOCUMENTED_LIMITS,
-                            keep_entries=False)
+                            keep_entries=False, keep_requests=False)
+        # (handlers first: a Ctrl-C right after the banner must stop the server cleanly)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
             await fake.start()
         except OSError as exc:
@@ -487,19 +493,16 @@ def sandbox(port: int, refill: str, no_limits: bool) -> None:
             click.echo(f"  export {ENV_AUTH_URL}={fake.auth_url} "
                        f"{ENV_INGEST_URL}={fake.ingest_url} {ENV_USERNAME}={fake.username} "
                        f"{ENV_API_KEY}={fake.api_key} {ENV_GROUP_KEY}={fake.group_key}")
-            click.echo("Ctrl-C to stop.", nl=True)
+            click.echo("Ctrl-C to stop.")
             sys.stdout.flush()
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            import signal
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             click.echo(f"stopped: {fake.accepted_count:,} entries accepted in "
-                       f"{len(fake.requests):,} requests, {fake.rate_limited} rate-limited")
+                       f"{sum(fake.outcomes.values()):,} requests, {fake.rate_limited} "
+                       "rate-limited")
         finally:
             await fake.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
     asyncio.run(serve())
 

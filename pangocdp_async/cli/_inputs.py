@@ -16,13 +16,14 @@ import gzip
 import hashlib
 import sys
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 import orjson
+
+from .._bulk import KeyQueue
 
 __all__ = [
     "FORMATS",
@@ -138,7 +139,7 @@ class KeySet:
     """Sorted, merged ranges of keys, asked in increasing order (a cursor, so each question is
     O(1) on average)."""
 
-    __slots__ = ("_his", "_i", "_los")
+    __slots__ = ("_his", "_i", "_los", "last")
 
     def __init__(self, ranges: list[tuple[int, int]]) -> None:
         merged: list[list[int]] = []
@@ -150,6 +151,8 @@ class KeySet:
         self._los = [r[0] for r in merged]
         self._his = [r[1] for r in merged]
         self._i = 0
+        #: The highest key in the set (-1 if empty): keys above it need no question.
+        self.last = merged[-1][1] if merged else -1
 
     def __len__(self) -> int:
         return len(self._los)
@@ -211,7 +214,7 @@ class Reader:
     (when given). Keys in ``skip`` are passed over without being parsed. ``stats`` counts lines
     per outcome as they go."""
 
-    def __init__(self, files: list[InputFile], *, keys: deque[int] | None = None,
+    def __init__(self, files: list[InputFile], *, keys: KeyQueue | None = None,
                  skip: KeySet | None = None,
                  column_types: dict[str, ColumnType] | None = None,
                  csv_delimiter: str = ",") -> None:
@@ -229,24 +232,21 @@ class Reader:
 
     def __iter__(self) -> Iterator[Any]:
         for spec in self.files:
-            yield from self._file(spec)
+            before = self.yielded + self.skipped
+            stream = _open_binary(spec)
+            try:
+                if spec.format == "jsonl":
+                    yield from self._jsonl(spec, stream)
+                elif spec.format == "csv":
+                    yield from self._csv(spec, stream)
+                else:
+                    yield from self._json(spec, stream)
+            finally:
+                if stream is not sys.stdin.buffer:
+                    stream.close()
+            if self.yielded + self.skipped == before:
+                self.empty_files.append(spec.name)
         self.complete = True
-
-    def _file(self, spec: InputFile) -> Iterator[Any]:
-        before = self.yielded + self.skipped
-        stream = _open_binary(spec)
-        try:
-            if spec.format == "jsonl":
-                yield from self._jsonl(spec, stream)
-            elif spec.format == "csv":
-                yield from self._csv(spec, stream)
-            else:
-                yield from self._json(spec, stream)
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
-        if self.yielded + self.skipped == before:
-            self.empty_files.append(spec.name)
 
     def _emit(self, key: int, record: Any) -> Any:
         if self.keys is not None:
@@ -256,49 +256,62 @@ class Reader:
 
     # --- JSON Lines ----------------------------------------------------------------------------
     def _jsonl(self, spec: InputFile, stream: IO[bytes]) -> Iterator[Any]:
+        # The hot loop of a backfill: locals only, one dict check, no call per line but loads
+        # and the key's push. A key is the file's base plus the line number.
         base = spec.index << _LINE_BITS
         skip = self.skip
+        skip_until = skip.last
+        push = self.keys.append if self.keys is not None else _no_push
         loads = orjson.loads
         name = spec.name
-        lineno = 0
-        lines = iter(stream)
-        while True:
-            try:
-                line = next(lines)
-            except StopIteration:
-                return
-            except Exception as exc:
-                reason = _stream_error(exc)
-                if reason is None:
-                    raise
-                key = base | (lineno + 1)
-                if key not in skip:
-                    yield self._emit(key, BadRecord(name, lineno + 1, reason))
-                else:
-                    self.skipped += 1
-                return
-            lineno += 1
-            if lineno == 1 and line.startswith(codecs.BOM_UTF8):
-                line = line[3:]
-            key = base | lineno
-            if key in skip:
-                if line.strip():
-                    self.skipped += 1
-                continue
-            try:
-                record = loads(line)
-            except orjson.JSONDecodeError as exc:
-                if not line.strip():
-                    continue  # a blank line is not a record
-                yield self._emit(key, BadRecord(name, lineno, _json_reason(line, exc),
-                                                _clip(line.decode("utf-8", "replace").rstrip())))
-                continue
-            if type(record) is not dict:
+        key = base
+        good = 0
+        try:
+            for key, line in enumerate(stream, base + 1):
+                if key <= skip_until and key in skip:
+                    if line.strip():
+                        self.skipped += 1
+                    continue
+                try:
+                    record = loads(line)
+                except orjson.JSONDecodeError as exc:
+                    if not line.strip():
+                        continue  # a blank line is not a record
+                    if key == base + 1 and line.startswith(codecs.BOM_UTF8):
+                        try:
+                            record = loads(line[3:])
+                        except orjson.JSONDecodeError:
+                            pass
+                        else:
+                            if type(record) is dict:
+                                good += 1
+                                push(key)
+                                yield record
+                                continue
+                    yield self._emit(key, BadRecord(name, key - base,
+                                                    _json_reason(line, exc),
+                                                    _clip(_text(line))))
+                    continue
+                if type(record) is dict:
+                    good += 1
+                    push(key)
+                    yield record
+                    continue
                 yield self._emit(key, BadRecord(
-                    name, lineno, f"a record must be a JSON object, got {_json_kind(record)}",
-                    _clip(line.decode("utf-8", "replace").rstrip())))
-                continue
-            yield self._emit(key, record)
+                    name, key - base,
+                    f"a record must be a JSON object, got {_json_kind(record)}",
+                    _clip(_text(line))))
+        except Exception as exc:
+            reason = _stream_error(exc)
+            if reason is None:
+                raise
+            key += 1  # the line the stream broke on
+            if key in skip:
+                self.skipped += 1
+            else:
+                yield self._emit(key, BadRecord(name, key - base, reason))
+        finally:
+            self.yielded += good
 
     # --- CSV -----------------------------------------------------------------------------------
     def _csv(self, spec: InputFile, stream: IO[bytes]) -> Iterator[Any]:
@@ -501,6 +514,14 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "bool": _typed(_to_bool),
     "json": _typed(_to_json),
 }
+
+
+def _no_push(key: int) -> None:
+    return None
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace").rstrip()
 
 
 def _json_kind(value: object) -> str:

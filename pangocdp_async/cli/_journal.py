@@ -7,19 +7,25 @@ file (table ``quota_state``), so a resumed job also resumes its pacing.
 
 Writes are ordered so that a ``kill -9`` at any moment loses nothing:
 
-- a batch is written to ``sent`` (and committed) *before* its first request leaves;
-- when its sender is done with it, its accepted ranges are written and its ``sent`` row
-  deleted in one transaction.
+- before a batch's first request leaves, its range of keys is written to its sender's row of
+  ``sent`` and committed (one row per sender, overwritten by its next batch: no deletes);
+- when its sender is done with it, its accepted ranges go to ``done`` in a transaction that is
+  committed with the sender's next dispatch, or when the event loop turns, whichever comes
+  first (so concurrent senders share commits: about one per batch).
 
-So after a crash, every record is either settled in ``done`` or read again; the ones that are
-also in ``sent`` were in flight and may arrive twice: the resumed run says how many. WAL with
-``synchronous=NORMAL`` makes each commit one ``write`` (no fsync): safe against the process
-dying, which is what a journal of a client must survive; a power cut may lose the last commits
-(those records are sent again).
+A batch is thus *in flight* from the moment its first request is handed to the transport until
+its outcome is committed, and each sender has at most one in flight. After a crash, every
+record is either settled in ``done`` or read again; the ones in ``sent`` and not settled were
+in flight and may arrive twice: the resumed run says how many. WAL with ``synchronous=NORMAL``
+makes each commit one ``write`` (no fsync): safe against the process dying, which is what a
+journal of a client must survive; a power cut may lose the last commits (those records are
+sent again).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -36,13 +42,16 @@ from ._inputs import BadRecord, InputFile, location, split_key
 
 __all__ = ["JobMismatch", "Journal", "Settled", "runs_of"]
 
+logger = logging.getLogger("pangocdp_async.cli")
+
 SCHEMA = 1
+_LEFTOVER_SLOT = 1 << 40  # the row of what earlier runs left unconfirmed (senders use 0...)
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS done (lo INTEGER NOT NULL, hi INTEGER NOT NULL,
                                  outcome TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sent (id INTEGER PRIMARY KEY, ranges BLOB NOT NULL,
-                                 doubt INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS sent (slot INTEGER PRIMARY KEY, lo INTEGER, hi INTEGER,
+                                 ranges BLOB);
 CREATE TABLE IF NOT EXISTS failures (key INTEGER PRIMARY KEY, file TEXT NOT NULL,
                                      line INTEGER NOT NULL, kind TEXT NOT NULL,
                                      status INTEGER, message TEXT NOT NULL, record BLOB,
@@ -147,9 +156,9 @@ class Journal:
                               f"(journal schema {version}, this one reads {SCHEMA})")
         self._names: list[str] = self._meta("names") or []
         self._json_files: set[int] = set(self._meta("json_files") or [])  # lines are items
-        self._rows: dict[int, int] = {}  # id(batch) -> its row in "sent"
         self._pending: list[tuple[int, int]] = []  # accepted ranges not yet written
         self._run = 0
+        self._commit_handle: asyncio.Handle | None = None
         self.dead_letter: IO[bytes] | None = None
         #: Set when a write failed: the run must stop (it could not be resumed safely).
         self.error: BaseException | None = None
@@ -214,9 +223,13 @@ class Journal:
 
     def unconfirmed_ranges(self) -> list[tuple[int, int]]:
         """Keys sent by a run that stopped before their answer was written, not settled."""
-        sent = _merge(tuple(r) for (blob,) in self._db.execute("SELECT ranges FROM sent")
-                      for r in orjson.loads(blob))
-        return _subtract(sent, self.settled_ranges())
+        ranges: list[tuple[int, int]] = []
+        for lo, hi, blob in self._db.execute("SELECT lo, hi, ranges FROM sent"):
+            if blob is None:
+                ranges.append((lo, hi))
+            else:
+                ranges.extend((a, b) for a, b in orjson.loads(blob))
+        return _subtract(_merge(ranges), self.settled_ranges())
 
     def state(self) -> Settled:
         accepted = failed = 0
@@ -259,75 +272,125 @@ class Journal:
 
     # --- a run ---------------------------------------------------------------------------------
     def begin_run(self) -> None:
-        cur = self._db.execute("INSERT INTO runs (started_at) VALUES (?)", (time.time(),))
+        """Start a run: what earlier runs left unconfirmed moves to one row of ``sent``, out of
+        the senders' rows (which this run's senders overwrite)."""
+        leftover = self.unconfirmed_ranges()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._replace_sent(leftover)
+            cur = self._db.execute("INSERT INTO runs (started_at) VALUES (?)", (time.time(),))
         self._run = int(cur.lastrowid or 0)
+
+    def _replace_sent(self, ranges: list[tuple[int, int]]) -> None:
+        self._db.execute("DELETE FROM sent")
+        if ranges:
+            self._db.execute("INSERT INTO sent (slot, ranges) VALUES (?, ?)",
+                             (_LEFTOVER_SLOT, orjson.dumps(ranges)))
 
     def end_run(self, report: IngestReport, outcome: str, summary: dict[str, Any]) -> None:
         """Write what is pending; keep as unconfirmed the records in doubt and those an earlier
         run left unconfirmed that are still not settled; close the run's row."""
         self._write_pending()
+        self.commit()
         leftover = self.unconfirmed_ranges()
         doubt = _merge((r.position, r.position) for r in report.in_doubt)
         keep = _merge([*leftover, *doubt])
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM sent")
-            if keep:
-                self._db.execute("INSERT INTO sent (ranges, doubt) VALUES (?, 1)",
-                                 (orjson.dumps(keep),))
+            self._replace_sent(keep)
             self._db.execute("UPDATE runs SET ended_at = ?, outcome = ?, summary = ? "
                              "WHERE id = ?", (time.time(), outcome, orjson.dumps(summary),
                                               self._run))
-        self._rows.clear()
 
-    # The run's journal hooks. A failing write must not be swallowed: it is kept in ``error``
-    # and raised, which crashes the sender and so stops the run.
-    def dispatched(self, batch: Batch) -> None:
+    # The run's journal hooks (see the module's docstring for the order of writes). A failing
+    # write must not be swallowed: it is kept in ``error`` and raised (now or at the next
+    # dispatch), which crashes a sender and so stops the run.
+    def dispatched(self, batch: Batch, sender: int) -> None:
+        if self.error is not None:
+            raise self.error
+        positions = batch.positions
+        lo, hi = positions[0], positions[-1]
+        db = self._db
         try:
-            cur = self._db.execute("INSERT INTO sent (ranges) VALUES (?)",
-                                   (orjson.dumps(_batch_runs(batch.positions)),))
+            # (outside a transaction the statement commits itself; inside one, it commits the
+            # outcomes written since the last commit with it, this sender's last batch's too)
+            if hi - lo == len(positions) - 1:  # one range: the usual batch
+                db.execute("INSERT OR REPLACE INTO sent (slot, lo, hi, ranges) "
+                           "VALUES (?, ?, ?, NULL)", (sender, lo, hi))
+            else:
+                db.execute("INSERT OR REPLACE INTO sent (slot, lo, hi, ranges) "
+                           "VALUES (?, NULL, NULL, ?)",
+                           (sender, orjson.dumps(_batch_runs(positions))))
+            if db.in_transaction:
+                db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.error = exc
             raise
-        self._rows[id(batch)] = int(cur.lastrowid or 0)
 
     def accepted(self, positions: list[int]) -> None:
         self._pending.extend(_batch_runs(positions))
 
     def finished(self, batch: Batch) -> None:
-        row = self._rows.pop(id(batch), None)
+        """The batch's acknowledged ranges join the open transaction, committed when the loop
+        turns (every batch finished in this turn shares the commit)."""
+        db = self._db
         try:
-            with self._db:
-                self._db.execute("BEGIN")
-                if self._pending:
-                    self._db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'a')",
-                                         self._pending)
-                if row is not None:
-                    self._db.execute("DELETE FROM sent WHERE id = ?", (row,))
+            if not db.in_transaction:
+                db.execute("BEGIN")
+            self._write_pending()
         except sqlite3.Error as exc:
             self.error = exc
             raise
-        self._pending.clear()
+        self._commit_soon()
 
     def _write_pending(self) -> None:
-        if self._pending:
+        pending = self._pending
+        if len(pending) == 1:
+            self._db.execute("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'a')",
+                             pending[0])
+        elif pending:
             self._db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'a')",
-                                 self._pending)
-            self._pending.clear()
+                                 pending)
+        pending.clear()
+
+    def _commit_soon(self) -> None:
+        if self._commit_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.commit()
+            return
+        self._commit_handle = loop.call_soon(self._commit_now)
+
+    def _commit_now(self) -> None:
+        self._commit_handle = None
+        try:
+            self.commit()
+        except sqlite3.Error as exc:  # (raised at the next dispatch: the run stops)
+            self.error = exc
+            logger.error("cannot write the job journal %s: %s", self.path, exc)
+
+    def commit(self) -> None:
+        """Make everything written so far durable."""
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
 
     def failed(self, failures: list[RecordFailure]) -> None:
         rows = [self._failure_row(f) for f in failures]
+        db = self._db
         try:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO failures (key, file, line, kind, status, message, "
-                    "record, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self._db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'f')",
-                                     [(f.position, f.position) for f in failures])
+            if not db.in_transaction:
+                db.execute("BEGIN")
+            db.executemany(
+                "INSERT OR REPLACE INTO failures (key, file, line, kind, status, message, "
+                "record, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'f')",
+                           [(f.position, f.position) for f in failures])
         except sqlite3.Error as exc:
             self.error = exc
             raise
+        self._commit_soon()
         if self.dead_letter is not None:
             for row in rows:
                 self.dead_letter.write(orjson.dumps(
@@ -361,8 +424,12 @@ class Journal:
                 self._run)
 
     def close(self) -> None:
+        if self._commit_handle is not None:
+            self._commit_handle.cancel()
+            self._commit_handle = None
         try:
             self._write_pending()
+            self.commit()
         finally:
             self._db.close()
 

@@ -11,7 +11,7 @@ import asyncio
 import random
 import secrets
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -116,6 +116,7 @@ class FakePangoCDP:
         reject_entry: EntryRejecter | None = None,
         name_rejected_index: bool = True,
         keep_entries: bool = True,
+        keep_requests: bool = True,
         on_request: Callable[[FakeRequest], Any] | None = None,
         clock: Callable[[], float] | None = None,
         seed: int | None = 0,
@@ -147,6 +148,7 @@ class FakePangoCDP:
             raise TypeError(f"on_request must be callable, got {on_request!r}")
         check_seconds("refill_phase", refill_phase)
         check_bool("keep_entries", keep_entries)
+        check_bool("keep_requests", keep_requests)
         check_bool("name_rejected_index", name_rejected_index)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
@@ -174,6 +176,10 @@ class FakePangoCDP:
         self.script: deque[ScriptStep] = deque(script)
         self.reject_entry = reject_entry
         self.keep_entries = keep_entries
+        self.keep_requests = keep_requests
+        #: Requests answered, by outcome ("accepted", "rate-limited", ...), kept whatever
+        #: ``keep_requests`` says.
+        self.outcomes: Counter[str] = Counter()
         self.on_request = on_request
         self._clock = clock
         self._rng = random.Random(seed)
@@ -186,7 +192,8 @@ class FakePangoCDP:
         #: Every accepted entry, in arrival order (if ``keep_entries``).
         self.accepted: list[dict[str, Any]] = []
         self.accepted_count = 0
-        #: Every ingest request, in arrival order.
+        #: Every ingest request, in arrival order (if ``keep_requests``: a long-running sandbox
+        #: keeps only the counts in ``outcomes``).
         self.requests: list[FakeRequest] = []
         self.auth_calls = 0
 
@@ -367,7 +374,9 @@ class FakePangoCDP:
         size: int | None = None,
     ) -> None:
         request = FakeRequest(at, status, entries, outcome, init, size)
-        self.requests.append(request)
+        self.outcomes[outcome] += 1
+        if self.keep_requests:
+            self.requests.append(request)
         if self.on_request is not None:
             self.on_request(request)
 
