@@ -1,5 +1,5 @@
 # Two entry points for a fresh clone (see README):
-#   make demo       the main job against the embedded FakePangoCDP
+#   make demo       the main job: `pangocdp ingest` of the sample orders into the sandbox
 #   make test-all   install what the tests need, then lint, type-check and run every test,
 #                   the slow proofs (26 simulated hours, real-time runs) included; CI runs this
 # While working: make test (the same without the tests marked slow; under 30 s).
@@ -22,7 +22,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-demo
-	$(BIN)/python -m pangocdp_async
+	$(BIN)/pangocdp ingest pangocdp_async/examples/orders.jsonl --object-type order --source POS \
+		--sandbox --job .demo-job.sqlite --restart
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -38,6 +39,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.limiter
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.cli
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -74,13 +74,16 @@ def test_duration_matches_the_hand_computation(records: int, policy: str, alread
 
 
 def test_phases_of_20_million_sliding() -> None:
-    """The binding window in each phase, with its requests: 1,000 at 50/s before the minute
-    binds (at L2), 49,000 more before the hour binds (at L4), the rest under the hour."""
+    """The binding window in each phase, with its requests: 1,000 at 50/s (bursts 0 to 19),
+    until the minute holds the next back after burst 19 (at 19 L1); 49,000 more until the hour
+    holds the next back after burst 999; the rest under the hour."""
     data = plan("--records", "20000000")
     assert [(p["paced_by"], p["requests"]) for p in data["phases"]] == [
         ("50 per second", 1_000), ("1,000 per minute", 49_000), ("50,000 per hour", 350_000)]
     starts = [p["start_s"] for p in data["phases"]]
-    assert starts == pytest.approx([0.0, L2, L4])
+    assert starts == pytest.approx([0.0, burst_start(19), burst_start(999)])
+    assert [p["end_s"] for p in data["phases"]] == pytest.approx(
+        [burst_start(19), burst_start(999), burst_start(7_999)])
     assert data["requests_per_day"] == [400_000]
     assert data["entries_per_day"] == [20_000_000]
 
@@ -105,7 +108,9 @@ def test_already_sent_moves_requests_to_the_next_day() -> None:
     assert data["requests_per_day"] == [100_000, 300_000]
     assert data["entries_per_day"] == [5_000_000, 15_000_000]
     assert data["phases"][-1]["paced_by"] == "400,000 per 24 hours"
-    assert data["phases"][-1]["start_s"] == pytest.approx(L5)
+    # the day holds sends back after the 100,000th request (burst 1,999), until L5
+    assert data["phases"][-1]["start_s"] == pytest.approx(burst_start(1_999))
+    assert data["phases"][-1]["requests"] == 300_000
 
 
 def test_token_bucket_sends_two_days_of_quota_on_the_first() -> None:

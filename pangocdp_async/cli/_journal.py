@@ -9,9 +9,9 @@ Writes are ordered so that a ``kill -9`` at any moment loses nothing:
 
 - before a batch's first request leaves, its range of keys is written to its sender's row of
   ``sent`` and committed (one row per sender, overwritten by its next batch: no deletes);
-- when its sender is done with it, its accepted ranges go to ``done`` in a transaction that is
-  committed with the sender's next dispatch, or when the event loop turns, whichever comes
-  first (so concurrent senders share commits: about one per batch).
+- when its sender is done with it, its accepted ranges go to ``done`` with the sender's next
+  dispatch (the same statement, by a trigger) or when the event loop turns, whichever comes
+  first: one commit per batch, shared when several finish in one turn.
 
 A batch is thus *in flight* from the moment its first request is handed to the transport until
 its outcome is committed, and each sender has at most one in flight. After a crash, every
@@ -51,7 +51,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS done (lo INTEGER NOT NULL, hi INTEGER NOT NULL,
                                  outcome TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sent (slot INTEGER PRIMARY KEY, lo INTEGER, hi INTEGER,
-                                 ranges BLOB);
+                                 ranges BLOB, ack_lo INTEGER, ack_hi INTEGER);
+-- A sender's next dispatch carries its last batch's acknowledgment into "done": one statement.
+CREATE TRIGGER IF NOT EXISTS sent_carries_ack AFTER INSERT ON sent
+    WHEN NEW.ack_lo IS NOT NULL
+    BEGIN INSERT INTO done (lo, hi, outcome) VALUES (NEW.ack_lo, NEW.ack_hi, 'a'); END;
 CREATE TABLE IF NOT EXISTS failures (key INTEGER PRIMARY KEY, file TEXT NOT NULL,
                                      line INTEGER NOT NULL, kind TEXT NOT NULL,
                                      status INTEGER, message TEXT NOT NULL, record BLOB,
@@ -143,6 +147,8 @@ class Journal:
         self.path = Path(path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
+            # (small pages: a commit writes two of them; only a new file takes the setting)
+            self._db.execute("PRAGMA page_size=1024")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA_SQL)
@@ -159,6 +165,8 @@ class Journal:
         self._pending: list[tuple[int, int]] = []  # accepted ranges not yet written
         self._run = 0
         self._commit_handle: asyncio.Handle | None = None
+        self._acks: dict[int, tuple[int, int]] = {}  # sender -> its last batch's ack, held
+        self._sender_of: dict[int, int] = {}  # id(batch) -> its sender, until it is finished
         self.dead_letter: IO[bytes] | None = None
         #: Set when a write failed: the run must stop (it could not be resumed safely).
         self.error: BaseException | None = None
@@ -280,6 +288,8 @@ class Journal:
             self._replace_sent(leftover)
             cur = self._db.execute("INSERT INTO runs (started_at) VALUES (?)", (time.time(),))
         self._run = int(cur.lastrowid or 0)
+        self._acks.clear()
+        self._sender_of.clear()
 
     def _replace_sent(self, ranges: list[tuple[int, int]]) -> None:
         self._db.execute("DELETE FROM sent")
@@ -310,41 +320,54 @@ class Journal:
             raise self.error
         positions = batch.positions
         lo, hi = positions[0], positions[-1]
+        ack_lo, ack_hi = self._acks.pop(sender, (None, None))
         db = self._db
         try:
-            # (outside a transaction the statement commits itself; inside one, it commits the
-            # outcomes written since the last commit with it, this sender's last batch's too)
+            # One statement: this batch into the sender's row, and (by the trigger) the
+            # sender's last acknowledgment into "done". Outside a transaction it commits itself;
+            # inside one, the commit below takes what other senders wrote since with it.
             if hi - lo == len(positions) - 1:  # one range: the usual batch
-                db.execute("INSERT OR REPLACE INTO sent (slot, lo, hi, ranges) "
-                           "VALUES (?, ?, ?, NULL)", (sender, lo, hi))
+                db.execute("INSERT OR REPLACE INTO sent (slot, lo, hi, ranges, ack_lo, ack_hi) "
+                           "VALUES (?, ?, ?, NULL, ?, ?)", (sender, lo, hi, ack_lo, ack_hi))
             else:
-                db.execute("INSERT OR REPLACE INTO sent (slot, lo, hi, ranges) "
-                           "VALUES (?, NULL, NULL, ?)",
-                           (sender, orjson.dumps(_batch_runs(positions))))
+                db.execute("INSERT OR REPLACE INTO sent (slot, lo, hi, ranges, ack_lo, ack_hi) "
+                           "VALUES (?, NULL, NULL, ?, ?, ?)",
+                           (sender, orjson.dumps(_batch_runs(positions)), ack_lo, ack_hi))
             if db.in_transaction:
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.error = exc
             raise
+        self._sender_of[id(batch)] = sender
 
     def accepted(self, positions: list[int]) -> None:
         self._pending.extend(_batch_runs(positions))
 
     def finished(self, batch: Batch) -> None:
-        """The batch's acknowledged ranges join the open transaction, committed when the loop
-        turns (every batch finished in this turn shares the commit)."""
-        db = self._db
-        try:
-            if not db.in_transaction:
-                db.execute("BEGIN")
-            self._write_pending()
-        except sqlite3.Error as exc:
-            self.error = exc
-            raise
+        """The acknowledged ranges become durable with the sender's next dispatch or when the
+        loop turns, whichever comes first (every batch finished in a turn shares the commit).
+        The usual case, one range, rides with the next dispatch's own statement."""
+        sender = self._sender_of.pop(id(batch), None)
+        pending = self._pending
+        if len(pending) == 1 and sender is not None and sender not in self._acks:
+            self._acks[sender] = pending[0]
+            pending.clear()
+        else:
+            db = self._db
+            try:
+                if not db.in_transaction:
+                    db.execute("BEGIN")
+                self._write_pending()
+            except sqlite3.Error as exc:
+                self.error = exc
+                raise
         self._commit_soon()
 
     def _write_pending(self) -> None:
         pending = self._pending
+        if self._acks:  # (acknowledgments no dispatch has carried yet)
+            pending.extend(self._acks.values())
+            self._acks.clear()
         if len(pending) == 1:
             self._db.execute("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'a')",
                              pending[0])
@@ -372,7 +395,11 @@ class Journal:
             logger.error("cannot write the job journal %s: %s", self.path, exc)
 
     def commit(self) -> None:
-        """Make everything written so far durable."""
+        """Make everything heard so far durable."""
+        if self._acks or self._pending:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN")
+            self._write_pending()
         if self._db.in_transaction:
             self._db.execute("COMMIT")
 

@@ -168,8 +168,8 @@ def _sliding(requests: int, spans: list[float], caps: list[int],
                 leave = window[0][0] + spans[k]
                 if leave > due + 1e-9:
                     due, which = leave, k
+        binds.append((t, which))  # the window holds sends back from now
         t = due
-        binds.append((t, which))
         # A new period of the longest window (not a tie with a shorter one inside a period).
         if which != longest or (periods and t - groups[periods[-1]][0] < spans[-1] / 2):
             continue
@@ -245,10 +245,10 @@ def _fluid(requests: int, spans: list[float], caps: list[int],
 
 
 def _before(segments: list[Segment], t: float) -> float:
-    """Requests started before ``t`` (a group exactly at ``t`` not included)."""
+    """Requests started before or at ``t``."""
     total = 0.0
     for start, end, n in segments:
-        if end < t or (end == t and start < end):
+        if end <= t:
             total += n
         elif start < t:
             total += n * (t - start) / (end - start)
@@ -258,8 +258,8 @@ def _before(segments: list[Segment], t: float) -> float:
 def _phases(binds: list[Bind], segments: list[Segment], limits: list[RateLimit],
             duration: float) -> list[Phase]:
     """Phases by the longest window that has set the pace so far: a shorter one binding again
-    inside a longer one's pace does not start a new phase. Before any wait, the shortest
-    window's burst."""
+    inside a longer one's pace does not start a new phase. A phase starts when its window
+    first holds a send back (the last send before the wait ends the phase before)."""
     starts: list[Bind] = [(0.0, 0)]
     for t, k in binds:
         if k > starts[-1][1]:
@@ -269,10 +269,12 @@ def _phases(binds: list[Bind], segments: list[Segment], limits: list[RateLimit],
                 starts.append((t, k))
     phases = []
     total = sum(n for _, _, n in segments)
+    done = 0
     for i, (start, k) in enumerate(starts):
         end = starts[i + 1][0] if i + 1 < len(starts) else duration
-        upto = _before(segments, starts[i + 1][0]) if i + 1 < len(starts) else total
-        phases.append(Phase(limits[k], start, end, round(upto - _before(segments, start))))
+        upto = round(_before(segments, end)) if i + 1 < len(starts) else round(total)
+        phases.append(Phase(limits[k], start, end, upto - done))
+        done = upto
     return phases
 
 
