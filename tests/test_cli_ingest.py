@@ -494,3 +494,33 @@ def test_sandbox_command_prints_urls_and_credentials_and_stops_on_ctrl_c() -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_an_empty_file_is_reported_and_the_rest_sent(tmp_path: Path) -> None:
+    path, empty = tmp_path / "orders.jsonl", tmp_path / "empty.jsonl"
+    orders_file(path, 5)
+    empty.write_bytes(b"")
+    result = ingest([str(empty), str(path), "--object-type", "order", "--source", "POS",
+                     "--sandbox", "--job", str(tmp_path / "job.sqlite")])
+    assert result.exit_code == 0, result.output
+    assert f"{empty}: empty file, no records" in result.output
+    summary = orjson.loads(ingest([str(empty), str(path), "--object-type", "order", "--source",
+                                   "POS", "--sandbox", "--job", str(tmp_path / "job.sqlite"),
+                                   "--json"]).output)
+    assert summary["job"]["accepted"] == 5
+
+
+def test_status_in_words(tmp_path: Path, threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 12, bad_lines={4: b"{broken"})
+    assert ingest(base_args(path, job), env=server.env()).exit_code == 1
+    result = CliRunner().invoke(cli, ["status", "--job", str(job)])
+    assert result.exit_code == 0
+    out = result.output
+    assert "order from source POS" in out
+    assert "accepted" in out
+    assert "12" in out
+    assert f"{path}:4: not valid JSON" in out
+    assert "run 1: finished, 12 accepted, 1 failed" in out
+    assert "complete" in out

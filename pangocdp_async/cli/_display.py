@@ -117,6 +117,8 @@ def print_summary(console: Console, summary: dict[str, Any],
                            f"{summary['stopped_by']} ({summary.get('hint', '')})"))
     if "error" in summary:
         console.print(Text(f"stopped by an error: {summary['error']}"))
+    if "journal_error" in summary:
+        console.print(Text(summary["journal_error"]))
     console.print(f"journal: {summary['journal']}")
     if summary["outcome"] == "interrupted" or not job["complete"]:
         console.print(Text(f"to resume: {resume_command}"))

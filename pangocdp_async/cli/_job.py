@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +243,8 @@ async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progre
             store.close()
         if fake is not None:
             await fake.stop()
+    with contextlib.suppress(sqlite3.Error):  # (a failing journal is reported by end_run)
+        journal.commit()  # what the last answers settled, before it is counted
     after = journal.state()
     return _result(job, journal, report, outcome, error, before, after, resent, reader,
                    resumed, fake is not None)
@@ -451,8 +454,16 @@ def _result(job: IngestJob, journal: Journal, report: IngestReport, outcome: str
         summary["stopped_by"] = str(stopped_by)
     if error is not None:
         summary["error"] = str(error)
-    journal.end_run(report, outcome, summary)
-    failures = journal.failures(limit=20)
+    try:
+        journal.end_run(report, outcome, summary)
+        failures = journal.failures(limit=20)
+    except sqlite3.Error as exc:  # (the disk that refused a write may refuse this one too)
+        summary["journal_error"] = (
+            f"the journal could not be closed ({exc}); the next run re-reads what it does not "
+            "hold, so nothing is lost, but records in flight may be sent twice")
+        failures = []
+        if error is None:
+            error = exc
     if outcome == "interrupted":
         code = EXIT_INTERRUPTED
     elif stopped_by is not None:
@@ -463,7 +474,7 @@ def _result(job: IngestJob, journal: Journal, report: IngestReport, outcome: str
             summary["hint"] = "the credentials or the auth URL are refused"
         else:
             summary["hint"] = "check --object-type, --source and the other envelope options"
-    elif (error is not None or after.failed or report.records_unsent
+    elif (error is not None or "journal_error" in summary or after.failed or report.records_unsent
           or report.records_in_doubt or not summary["job"]["complete"]):
         code = EXIT_FAILED
     else:

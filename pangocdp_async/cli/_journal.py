@@ -298,13 +298,18 @@ class Journal:
                              (_LEFTOVER_SLOT, orjson.dumps(ranges)))
 
     def end_run(self, report: IngestReport, outcome: str, summary: dict[str, Any]) -> None:
-        """Write what is pending; keep as unconfirmed the records in doubt and those an earlier
-        run left unconfirmed that are still not settled; close the run's row."""
-        self._write_pending()
+        """Write what is pending; keep as unconfirmed this run's records in doubt and what
+        earlier runs left unconfirmed and is still not settled (this run's report says
+        exactly which of its own records may have arrived: the senders' rows are dropped);
+        close the run's row."""
         self.commit()
-        leftover = self.unconfirmed_ranges()
-        doubt = _merge((r.position, r.position) for r in report.in_doubt)
-        keep = _merge([*leftover, *doubt])
+        settled = self.settled_ranges()
+        earlier: list[tuple[int, int]] = []
+        for (blob,) in self._db.execute("SELECT ranges FROM sent WHERE slot = ?",
+                                        (_LEFTOVER_SLOT,)):
+            earlier.extend((a, b) for a, b in orjson.loads(blob))
+        doubt = [(r.position, r.position) for r in report.in_doubt]
+        keep = _subtract(_merge([*earlier, *doubt]), settled)
         with self._db:
             self._db.execute("BEGIN")
             self._replace_sent(keep)
