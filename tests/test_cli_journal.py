@@ -13,7 +13,8 @@ from pangocdp_async import APIStatusError
 from pangocdp_async._batching import Batch
 from pangocdp_async._results import InDoubtRecord, IngestReport, RecordFailure
 from pangocdp_async.cli._inputs import BadRecord, InputFile, key_of
-from pangocdp_async.cli._journal import JobMismatch, Journal, _merge, _subtract, runs_of
+from pangocdp_async.cli._journal import JobMismatch, Journal
+from pangocdp_async.cli._ranges import merge, runs_of, subtract
 
 FILES = [InputFile(0, "a.jsonl", "jsonl", False), InputFile(1, "b.json", "json", False)]
 SETTINGS = {"object_type": "order", "source": "POS"}
@@ -44,11 +45,11 @@ def on_disk(path: Path) -> tuple[int, int, int]:
 def test_ranges_helpers() -> None:
     assert runs_of([1, 2, 3, 7, 8, 10]) == [(1, 3), (7, 8), (10, 10)]
     assert runs_of([]) == []
-    assert _merge([(5, 6), (1, 2), (3, 3), (9, 9), (4, 4)]) == [(1, 6), (9, 9)]
-    assert _merge([(5, 6), (1, 2)]) == [(1, 2), (5, 6)]  # 3 and 4 are missing
-    assert _subtract([(1, 10), (20, 25)], [(3, 4), (8, 21)]) == [(1, 2), (5, 7), (22, 25)]
-    assert _subtract([(1, 5)], []) == [(1, 5)]
-    assert _subtract([(1, 5)], [(0, 9)]) == []
+    assert merge([(5, 6), (1, 2), (3, 3), (9, 9), (4, 4)]) == [(1, 6), (9, 9)]
+    assert merge([(5, 6), (1, 2)]) == [(1, 2), (5, 6)]  # 3 and 4 are missing
+    assert subtract([(1, 10), (20, 25)], [(3, 4), (8, 21)]) == [(1, 2), (5, 7), (22, 25)]
+    assert subtract([(1, 5)], []) == [(1, 5)]
+    assert subtract([(1, 5)], [(0, 9)]) == []
 
 
 def test_a_dispatch_is_durable_before_the_request(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import IO, Any, Literal, cast
 import orjson
 
 from .._bulk import KeyQueue
+from ._ranges import merge
 
 __all__ = [
     "FORMATS",
@@ -142,12 +143,7 @@ class KeySet:
     __slots__ = ("_his", "_i", "_los", "last")
 
     def __init__(self, ranges: list[tuple[int, int]]) -> None:
-        merged: list[list[int]] = []
-        for lo, hi in sorted(ranges):
-            if merged and lo <= merged[-1][1] + 1:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
+        merged = merge(ranges)
         self._los = [r[0] for r in merged]
         self._his = [r[1] for r in merged]
         self._i = 0

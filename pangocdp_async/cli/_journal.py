@@ -28,7 +28,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -39,8 +38,9 @@ from .._batching import Batch
 from .._exceptions import APIStatusError
 from .._results import IngestReport, RecordFailure
 from ._inputs import BadRecord, InputFile, location, split_key
+from ._ranges import batch_runs, count, merge, subtract
 
-__all__ = ["JobMismatch", "Journal", "Settled", "runs_of"]
+__all__ = ["JobMismatch", "Journal", "Settled"]
 
 logger = logging.getLogger("pangocdp_async.cli")
 
@@ -67,63 +67,6 @@ CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started_at REAL NOT NUL
 
 class JobMismatch(Exception):
     """The journal belongs to another job (other settings, or inputs that changed)."""
-
-
-def runs_of(keys: Iterable[int]) -> list[tuple[int, int]]:
-    """Increasing keys -> ranges of consecutive keys."""
-    out: list[tuple[int, int]] = []
-    lo = hi = None
-    for key in keys:
-        if hi is not None and key == hi + 1:
-            hi = key
-            continue
-        if lo is not None and hi is not None:
-            out.append((lo, hi))
-        lo = hi = key
-    if lo is not None and hi is not None:
-        out.append((lo, hi))
-    return out
-
-
-def _batch_runs(positions: list[int]) -> list[tuple[int, int]]:
-    if positions and positions[-1] - positions[0] == len(positions) - 1:
-        return [(positions[0], positions[-1])]  # the usual batch: one run, no loop
-    return runs_of(sorted(positions))
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    return [(a, b) for a, b in merged]
-
-
-def _subtract(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]
-              ) -> list[tuple[int, int]]:
-    """Merged ``ranges`` without the keys of merged ``minus``."""
-    out: list[tuple[int, int]] = []
-    j = 0
-    for lo, hi in ranges:
-        cur = lo
-        while j < len(minus) and minus[j][1] < cur:
-            j += 1
-        k = j
-        while cur <= hi and k < len(minus) and minus[k][0] <= hi:
-            mlo, mhi = minus[k]
-            if mlo > cur:
-                out.append((cur, mlo - 1))
-            cur = max(cur, mhi + 1)
-            k += 1
-        if cur <= hi:
-            out.append((cur, hi))
-    return out
-
-
-def _count(ranges: Iterable[tuple[int, int]]) -> int:
-    return sum(hi - lo + 1 for lo, hi in ranges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +170,7 @@ class Journal:
     # --- what is settled -----------------------------------------------------------------------
     def settled_ranges(self) -> list[tuple[int, int]]:
         """Merged ranges of every key accepted or failed."""
-        return _merge(self._db.execute("SELECT lo, hi FROM done"))
+        return merge(self._db.execute("SELECT lo, hi FROM done"))
 
     def unconfirmed_ranges(self) -> list[tuple[int, int]]:
         """Keys sent by a run that stopped before their answer was written, not settled."""
@@ -237,7 +180,7 @@ class Journal:
                 ranges.append((lo, hi))
             else:
                 ranges.extend((a, b) for a, b in orjson.loads(blob))
-        return _subtract(_merge(ranges), self.settled_ranges())
+        return subtract(merge(ranges), self.settled_ranges())
 
     def state(self) -> Settled:
         accepted = failed = 0
@@ -248,7 +191,7 @@ class Journal:
                 failed += hi - lo + 1
         runs = int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
         total = self._meta("total")
-        return Settled(accepted, failed, _count(self.unconfirmed_ranges()), runs,
+        return Settled(accepted, failed, count(self.unconfirmed_ranges()), runs,
                        None if total is None else int(total))
 
     def set_total(self, total: int) -> None:
@@ -309,7 +252,7 @@ class Journal:
                                         (_LEFTOVER_SLOT,)):
             earlier.extend((a, b) for a, b in orjson.loads(blob))
         doubt = [(r.position, r.position) for r in report.in_doubt]
-        keep = _subtract(_merge([*earlier, *doubt]), settled)
+        keep = subtract(merge([*earlier, *doubt]), settled)
         with self._db:
             self._db.execute("BEGIN")
             self._replace_sent(keep)
@@ -337,7 +280,7 @@ class Journal:
             else:
                 db.execute("INSERT OR REPLACE INTO sent (slot, lo, hi, ranges, ack_lo, ack_hi) "
                            "VALUES (?, NULL, NULL, ?, ?, ?)",
-                           (sender, orjson.dumps(_batch_runs(positions)), ack_lo, ack_hi))
+                           (sender, orjson.dumps(batch_runs(positions)), ack_lo, ack_hi))
             if db.in_transaction:
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -346,7 +289,7 @@ class Journal:
         self._sender_of[id(batch)] = sender
 
     def accepted(self, positions: list[int]) -> None:
-        self._pending.extend(_batch_runs(positions))
+        self._pending.extend(batch_runs(positions))
 
     def finished(self, batch: Batch) -> None:
         """The acknowledged ranges become durable with the sender's next dispatch or when the
