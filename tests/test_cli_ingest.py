@@ -284,6 +284,7 @@ def test_the_server_refusing_every_batch_is_a_configuration_error(tmp_path: Path
     # failed, the other 48 left unsent (for a resume once the cause is fixed); the rest unread.
     assert (summary["run"]["records_read"], summary["run"]["failed"],
             summary["run"]["unsent"]) == (150, 6, 144)
+    assert summary["job"]["unconfirmed"] == 0  # nothing in flight: the rest was never sent
     check_invariant(job, path, server)
     server.fake.reject_entry = None
     fixed = ingest(base_args(path, job, "--json"), env=server.env())
@@ -524,3 +525,197 @@ def test_status_in_words(tmp_path: Path, threaded_fake: Fakes) -> None:
     assert f"{path}:4: not valid JSON" in out
     assert "run 1: finished, 12 accepted, 1 failed" in out
     assert "complete" in out
+
+
+# --- what the review found ---------------------------------------------------------------------
+def test_a_sandbox_journal_never_resumes_against_a_real_server(tmp_path: Path,
+                                                               threaded_fake: Fakes) -> None:
+    """The target (sandbox, or account and ingest URL) is part of the job: a trial run in the
+    sandbox must not make the real run skip everything."""
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 20)
+    assert ingest(base_args(path, job, "--sandbox")).exit_code == 0
+    refused = ingest(base_args(path, job), env=server.env())
+    assert refused.exit_code == 2
+    assert "target was 'sandbox'" in refused.output
+    assert accepted_ids(server) == []
+    other = threaded_fake(rate_limits=None)
+    assert ingest(base_args(path, tmp_path / "real.sqlite"), env=server.env()).exit_code == 0
+    moved = ingest(base_args(path, tmp_path / "real.sqlite"), env=other.env())
+    assert moved.exit_code == 2  # another ingest URL: another target
+    assert "target was" in moved.output
+
+
+def test_strict_refuses_stdin(tmp_path: Path) -> None:
+    result = ingest(["-", "--object-type", "order", "--source", "POS", "--strict", "--sandbox",
+                     "--job", str(tmp_path / "job.sqlite")], input=b'{"orderId": "1"}\n')
+    assert result.exit_code == 2
+    assert "stdin can be read once" in result.output
+
+
+def test_the_same_file_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 3)
+    result = ingest([str(path), str(tmp_path / "." / "orders.jsonl"), "--object-type", "order",
+                     "--source", "POS", "--sandbox", "--job", str(tmp_path / "job.sqlite")])
+    assert result.exit_code == 2
+    assert "is the same file as" in result.output
+
+
+def test_a_bad_csv_row_does_not_stop_the_file(tmp_path: Path, threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None)
+    csv = tmp_path / "orders.csv"
+    csv.write_text('orderId,note\nQ-1,a\nQ-2,"bad"x\nQ-3,b\nQ-4,"' + "z" * 200_000 + '"\n')
+    result = ingest([str(csv), "--object-type", "order", "--source", "POS", "--json",
+                     "--job", str(tmp_path / "job.sqlite")], env=server.env())
+    assert result.exit_code == 1, result.output
+    assert sorted(accepted_ids(server)) == ["Q-1", "Q-3", "Q-4"]  # a 200 KB field is fine
+    summary = orjson.loads(result.output)
+    assert [f["where"] for f in summary["failures"]] == [f"{csv}:3"]
+    assert summary["job"]["complete"] is True
+
+
+def test_an_array_that_breaks_leaves_the_job_incomplete(tmp_path: Path,
+                                                        threaded_fake: Fakes) -> None:
+    """Past a syntax error a JSON array cannot be read: what came before is sent, and the job
+    says it is not complete (exit 1) rather than claim the input was all read."""
+    server = threaded_fake(rate_limits=None)
+    array = tmp_path / "orders.json"
+    array.write_bytes(b'\xef\xbb\xbf[{"orderId": "J-1"}, {"orderId": "J-2"}, {"orderId": NaN},'
+                      b' {"orderId": "J-4"}]')
+    result = ingest([str(array), "--object-type", "order", "--source", "POS", "--json",
+                     "--job", str(tmp_path / "job.sqlite")], env=server.env())
+    assert result.exit_code == 1, result.output
+    assert sorted(accepted_ids(server)) == ["J-1", "J-2"]  # (the BOM is skipped)
+    summary = orjson.loads(result.output)
+    assert summary["job"]["complete"] is False
+    assert summary["unreadable"][0].startswith(f"{array}:item 3: not a valid JSON array")
+
+
+def test_failures_that_are_not_the_records_are_sent_again(tmp_path: Path,
+                                                          threaded_fake: Fakes) -> None:
+    """Refused credentials (or an outage) fail the batch under way, but do not settle its
+    records: once the cause is fixed, the same command sends them."""
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    ids = orders_file(path, 40)
+    dead = tmp_path / "dead.jsonl"
+    first = ingest(base_args(path, job, "--json", "--batch-size", "10", "--dead-letter",
+                             str(dead)), env=server.env(PANGOCDP_API_KEY="wrong"))
+    assert first.exit_code == 2
+    summary = orjson.loads(first.output)
+    assert summary["job"]["failed"] == 0
+    assert summary["job"]["to_retry"] == summary["run"]["failed"] > 0
+    letters = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+    assert letters
+    assert all(letter["sent_again_on_resume"] for letter in letters)
+    second = ingest(base_args(path, job, "--json"), env=server.env())
+    assert second.exit_code == 0, second.output
+    assert orjson.loads(second.output)["job"]["to_retry"] == 0
+    assert sorted(accepted_ids(server)) == sorted(ids)
+
+
+def test_two_runs_of_one_job_cannot_overlap(tmp_path: Path) -> None:
+    import fcntl
+
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 3)
+    with open(f"{job}-lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        result = ingest(base_args(path, job, "--sandbox"))
+    assert result.exit_code == 2
+    assert "another pangocdp run (pid 4242)" in result.output
+    assert ingest(base_args(path, job, "--sandbox")).exit_code == 0  # released
+
+
+def test_the_resume_command_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    orders_file(data, 3)
+    job, dead = tmp_path / "j.sqlite", tmp_path / "dead.jsonl"
+    result = ingest([str(data), "--format", "jsonl", "--object-type", "order", "--source",
+                     "POS", "--sandbox", "--job", str(job), "--dead-letter", str(dead),
+                     "--json"])
+    command = orjson.loads(result.output)["resume_command"]
+    assert "--format jsonl" in command
+    assert f"--dead-letter {dead}" in command
+    import shlex
+
+    again = ingest([*shlex.split(command)[2:], "--json"])
+    assert again.exit_code == 0, again.output
+    assert orjson.loads(again.output)["run"]["skipped_as_settled"] == 3
+
+
+def test_a_touched_input_resumes(tmp_path: Path) -> None:
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 3)
+    assert ingest(base_args(path, job, "--sandbox")).exit_code == 0
+    os.utime(path, (1_000_000, 1_000_000))
+    again = ingest(base_args(path, job, "--sandbox", "--json"))
+    assert again.exit_code == 0, again.output
+    assert orjson.loads(again.output)["run"]["skipped_as_settled"] == 3
+
+
+def test_the_default_journal_is_named_after_the_whole_input_name(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    monkeypatch.chdir(tmp_path)
+    for month in ("01", "02"):
+        path = tmp_path / f"orders.2026-{month}.jsonl.gz"
+        import gzip
+
+        path.write_bytes(gzip.compress(b'{"orderId": "%s"}\n' % month.encode()))
+        result = ingest([str(path), "--object-type", "order", "--source", "POS", "--sandbox"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"orders.2026-{month}.pangocdp-job.sqlite").exists()
+
+
+def test_status_leaves_a_foreign_database_alone(tmp_path: Path) -> None:
+    other = tmp_path / "app.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE users (id INTEGER)")
+    db.commit()
+    db.close()
+    before = other.read_bytes()
+    for command in (["status", "--job", str(other)],
+                    ["ingest", str(other), "--object-type", "o", "--source", "s", "--format",
+                     "jsonl", "--sandbox", "--job", str(other)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2
+        assert "not a pangocdp job journal" in result.output
+    assert other.read_bytes() == before
+
+
+def test_a_journal_in_a_missing_directory(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 1)
+    result = ingest(base_args(path, tmp_path / "nope" / "job.sqlite", "--sandbox"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_an_outage_stops_the_run_instead_of_burning_the_input(
+        tmp_path: Path, threaded_fake: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers 503 to everything: after 5 batches failed in a row the run stops
+    (exit 1), having tried 5 batches, not the whole input; the next run sends them all."""
+    import pangocdp_async._client as client_module
+    from pangocdp_async import RetryPolicy
+
+    monkeypatch.setattr(client_module, "RetryPolicy", lambda: RetryPolicy(max_attempts=1))
+    server = threaded_fake(rate_limits=None, error_rate=1.0)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    ids = orders_file(path, 500)
+    first = ingest(base_args(path, job, "--json", "--batch-size", "10", "--concurrency", "1"),
+                   env=server.env())
+    assert first.exit_code == 1, first.output
+    summary = orjson.loads(first.output)
+    assert "5 batches in a row failed" in summary["error"]
+    assert summary["run"]["failed"] == 50
+    assert summary["job"]["to_retry"] == 50
+    assert summary["job"]["failed"] == 0
+    server.fake.error_rate = 0.0
+    second = ingest(base_args(path, job, "--json"), env=server.env())
+    assert second.exit_code == 0, second.output
+    assert sorted(accepted_ids(server)) == sorted(ids)

@@ -134,7 +134,7 @@ def test_end_run_keeps_in_doubt_and_earlier_leftovers_unconfirmed(tmp_path: Path
     # the run stops: 1-50 are in doubt, 51-60 never got a request through (unsent)
     report = IngestReport()
     report.in_doubt.extend(InDoubtRecord(k, {}) for k in range(1, 51))
-    journal.end_run(report, "interrupted", {"outcome": "interrupted"})
+    journal.end_run(report, "interrupted")
     journal.close()
     assert on_disk(path) == (0, 0, 50)  # 51-60 were not sent: not counted as maybe-sent
     again = Journal(path)
@@ -183,4 +183,31 @@ def test_a_write_that_fails_stops_the_next_dispatch(tmp_path: Path) -> None:
     journal.error = OSError("disk full")
     with pytest.raises(OSError, match="disk full"):
         journal.dispatched(batch(1, 2), sender=0)
+    journal.close()
+
+
+def test_an_outage_stops_after_five_failed_batches_in_a_row(tmp_path: Path) -> None:
+    from pangocdp_async import ServerError
+    from pangocdp_async.cli._journal import OUTAGE_BATCHES, ServerFailing
+
+    journal = opened(tmp_path / "job.sqlite")
+    down = ServerError(status=503, message="down")
+    refused = APIStatusError(status=400, message="entries[0]: bad")
+
+    def fail(key: int, error: APIStatusError) -> None:
+        journal.failed([RecordFailure(key, {}, error)])
+
+    for key in range(1, OUTAGE_BATCHES):
+        fail(key, down)
+    journal.accepted([100])  # an accepted batch: not an outage after all
+    for key in range(10, 10 + OUTAGE_BATCHES - 1):
+        fail(key, down)
+    fail(30, refused)  # a record refused for itself says the server is up
+    for key in range(40, 40 + OUTAGE_BATCHES - 1):
+        fail(key, down)
+    with pytest.raises(ServerFailing, match="5 batches in a row"):
+        fail(99, down)
+    journal.commit()
+    assert journal.state().to_retry == 3 * (OUTAGE_BATCHES - 1) + 1  # written before raising
+    assert journal.state().failed == 1  # only the refused record is settled
     journal.close()

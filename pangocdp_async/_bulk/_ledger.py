@@ -135,12 +135,12 @@ class Ledger:
             return
         report = self.report
         report.records_failed += len(failures)
-        if self.journal is not None:
-            self.journal.failed(failures)
-        else:
-            report.failures.extend(failures)
         if state is not None:
             state.settled.update(f.position for f in failures)
+        if self.journal is not None:
+            self.journal.failed(failures)  # (may raise to stop the run: the report is whole)
+        else:
+            report.failures.extend(failures)
         logger.warning("%d record(s) failed (first at position %d): %s",
                        len(failures), failures[0].position, failures[0].error)
         for failure in failures:  # after they are in the report: a cancelled write loses none

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -264,7 +263,7 @@ def ingest(files: tuple[str, ...], object_type: str, source: str, je_config_id: 
         policy=policy,  # type: ignore[arg-type]
         dead_letter=dead_letter, sandbox=sandbox, no_limits=no_limits, strict=strict,
         restart=restart, column_types=_column_types(columns), csv_delimiter=csv_delimiter,
-        shutdown_timeout=shutdown_timeout,
+        shutdown_timeout=shutdown_timeout, format=fmt,
         credentials=Credentials(username, api_key, group_key, auth_url, ingest_url),
     )
     out = Console(highlight=False, soft_wrap=True)
@@ -274,6 +273,9 @@ def ingest(files: tuple[str, ...], object_type: str, source: str, je_config_id: 
         result = asyncio.run(run_job(job, bar))
     except UsageProblem as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # (Ctrl-C before the run had started: nothing was sent)
+        click.echo("interrupted before anything was sent", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     if "first_bad_record" in result.summary:
         click.echo(f"{result.summary['first_bad_record']}", err=True)
         click.echo("--strict: nothing was sent", err=True)
@@ -284,41 +286,27 @@ def ingest(files: tuple[str, ...], object_type: str, source: str, je_config_id: 
         click.echo(orjson.dumps({**result.summary, "failures": result.failures},
                                 default=str).decode())
     elif not quiet:
-        print_summary(out, result.summary, result.failures, _resume_command(job))
+        print_summary(out, result.summary, result.failures, result.summary["resume_command"])
     elif result.exit_code not in (EXIT_OK, EXIT_INTERRUPTED):
         run = result.summary["run"]
         click.echo(f"{run['failed']:,} failed, {run['unsent']:,} not sent, "
                    f"{run['in_doubt']:,} in doubt; see pangocdp status --job {job.job}",
                    err=True)
     if result.exit_code == EXIT_INTERRUPTED and quiet:
-        click.echo(f"interrupted; to resume: {_resume_command(job)}", err=True)
+        click.echo(f"interrupted; to resume: {result.summary['resume_command']}", err=True)
     raise click.exceptions.Exit(result.exit_code)
 
 
 def _default_job(inputs: list[InputFile]) -> Path:
+    """``orders.2026-01.jsonl.gz`` -> ``orders.2026-01.pangocdp-job.sqlite``."""
     first = inputs[0]
-    stem = "stdin" if first.path == "-" else Path(first.path).name.split(".")[0] or "job"
-    return Path(f"{stem}.pangocdp-job.sqlite")
-
-
-def _resume_command(job: IngestJob) -> str:
-    words = ["pangocdp", "ingest", *[f.path for f in job.files],
-             "--object-type", job.object_type, "--source", job.source, "--job", str(job.job)]
-    if job.init_data:
-        words.append("--init-data")
-    for flag, value in (("--je-config-id", job.je_config_id),
-                        ("--je-event-key", job.je_event_key)):
-        if value is not None:
-            words += [flag, value]
-    for code in job.ignore_cf:
-        words += ["--ignore-cf", code]
-    for name, kind in job.column_types.items():
-        words += ["--column", f"{name}:{kind}"]
-    if job.csv_delimiter != ",":
-        words += ["--csv-delimiter", job.csv_delimiter]
-    if job.sandbox:
-        words.append("--sandbox")
-    return shlex.join(words)
+    if first.path == "-":
+        return Path("stdin.pangocdp-job.sqlite")
+    name = Path(first.path).name
+    for suffix in (".gz", ".jsonl", ".ndjson", ".csv", ".json"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return Path(f"{name}.pangocdp-job.sqlite")
 
 
 # --- validate ----------------------------------------------------------------------------------
@@ -524,7 +512,7 @@ def status(job_path: Path, show: int, as_json: bool) -> None:
     if not job_path.is_file():
         _fail(f"{job_path}: no such job journal")
     try:
-        journal = Journal(job_path)
+        journal = Journal(job_path, read_only=True)
     except JobMismatch as exc:
         _fail(str(exc))
     try:

@@ -105,7 +105,12 @@ def print_summary(console: Console, summary: dict[str, Any],
         console.print(f"re-sent {run['resent_after_interruption']:,} records that an "
                       "interrupted run had in flight (they may have arrived twice)")
     for name in summary.get("empty_files", []):
-        console.print(f"[yellow]{name}: empty file, no records[/]")
+        console.print(Text(f"{name}: empty file, no records"))
+    for where in summary.get("unreadable", []):
+        console.print(Text(f"{where} (the rest of this input could not be read)"))
+    if job.get("to_retry"):
+        console.print(f"{job['to_retry']:,} records failed for a reason other than the record "
+                      "(the server or the network, credentials): the next run sends them again")
     if failures:
         console.print(f"failures ({job['failed']:,}; the first {len(failures)}):")
         for f in failures:

@@ -48,6 +48,7 @@ ColumnType = Literal["str", "int", "float", "bool", "json"]
 _LINE_BITS = 40  # up to 2**40 lines a file, 2**23 files
 _LINE_MASK = (1 << _LINE_BITS) - 1
 _FINGERPRINT_BYTES = 1 << 20
+_CSV_FIELD_LIMIT = 64 << 20  # (the csv module's default, 128 KiB, refuses real fields)
 
 
 def key_of(file_index: int, line: int) -> int:
@@ -225,6 +226,9 @@ class Reader:
         self.complete = False
         #: Files with no record at all (reported, not failed).
         self.empty_files: list[str] = []
+        #: Inputs that could not be read to their end (``file:line: reason``): the records
+        #: after that point were not read, so the job cannot be complete.
+        self.broken: list[str] = []
 
     def __iter__(self) -> Iterator[Any]:
         for spec in self.files:
@@ -302,6 +306,7 @@ class Reader:
             if reason is None:
                 raise
             key += 1  # the line the stream broke on
+            self.broken.append(f"{location(name, key - base)}: {reason}")
             if key in skip:
                 self.skipped += 1
             else:
@@ -314,6 +319,7 @@ class Reader:
         base = spec.index << _LINE_BITS
         name = spec.name
         decoder = _LineDecoder(stream)
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
         reader = csv.reader(decoder, delimiter=self.csv_delimiter, strict=True)
         types = self.column_types
         try:
@@ -340,6 +346,14 @@ class Reader:
                 row = next(reader)
             except StopIteration:
                 return
+            except csv.Error as exc:  # one bad row (an unbalanced quote): the next row is read
+                if (base | start) in skip:
+                    self.skipped += 1
+                else:
+                    yield self._emit(base | start,
+                                     BadRecord(name, start, f"not valid CSV ({exc})"))
+                decoder.bad_line = None
+                continue
             except Exception as exc:
                 yield from self._csv_error(spec, exc, decoder, start)
                 return
@@ -381,6 +395,7 @@ class Reader:
             if not isinstance(exc, csv.Error):
                 raise exc
             reason = f"not valid CSV ({exc})"
+        self.broken.append(f"{location(spec.name, start)}: {reason}")
         key = (spec.index << _LINE_BITS) | start
         if key in self.skip:
             self.skipped += 1
@@ -395,6 +410,9 @@ class Reader:
         name = spec.name
         skip = self.skip
         item = 0
+        peek = getattr(stream, "peek", None)
+        if peek is not None and peek(3)[:3] == codecs.BOM_UTF8:
+            stream.read(3)
         try:
             for value in ijson.items(stream, "item", use_float=True):
                 item += 1
@@ -416,6 +434,7 @@ class Reader:
                     raise
                 text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 reason = f"not a valid JSON array after item {item} ({text})"
+            self.broken.append(f"{location(name, item + 1, item=True)}: {reason}")
             key = base | (item + 1)
             if key in skip:
                 self.skipped += 1

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import shlex
 import signal
 import sqlite3
 import time
@@ -25,9 +27,11 @@ from .._client import PangoCDPClient
 from .._config import DOCUMENTED_LIMITS, RateLimit
 from .._constants import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_INGEST_URL,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
     ENV_API_KEY,
     ENV_GROUP_KEY,
+    ENV_INGEST_URL,
     ENV_USERNAME,
 )
 from .._exceptions import AuthenticationError, PipelineError
@@ -45,7 +49,7 @@ from ._inputs import (
     count_lines,
     fingerprint,
 )
-from ._journal import JobMismatch, Journal
+from ._journal import JobMismatch, Journal, ServerFailing, Settled
 from ._plan import plan_backfill, short_window
 
 __all__ = ["Credentials", "IngestJob", "JobResult", "UsageProblem", "run_job"]
@@ -94,6 +98,7 @@ class IngestJob:
     csv_delimiter: str = ","
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     credentials: Credentials = field(default_factory=Credentials)
+    format: str | None = None  # --format, if given
     #: The windows the client paces by (None: the documented ones; --no-limits: none). Only
     #: benchmarks set it otherwise, against a fake that has none.
     limits: tuple[RateLimit, ...] | None = None
@@ -108,7 +113,17 @@ class IngestJob:
             "formats": [f.format for f in self.files],
             "column_types": dict(sorted(self.column_types.items())),
             "csv_delimiter": self.csv_delimiter,
+            "target": self.target(),
         }
+
+    def target(self) -> str:
+        """Where the records go: the sandbox, or the account and ingest URL (no secret). A
+        journal of one target never resumes against another."""
+        if self.sandbox:
+            return "sandbox"
+        c = self.credentials
+        url = c.ingest_url or os.environ.get(ENV_INGEST_URL) or DEFAULT_INGEST_URL
+        return f"{c.username or os.environ.get(ENV_USERNAME) or '?'} at {url}"
 
 
 @dataclass
@@ -144,6 +159,7 @@ async def run_job(job: IngestJob, progress: Progress | None = None, *,
     if job.no_limits and not job.sandbox:
         raise UsageProblem("--no-limits lifts the documented windows, which only the sandbox "
                            "may do: add --sandbox")
+    _check_inputs(job)
     if job.strict:
         first_bad = _first_bad_record(job)
         if first_bad is not None:
@@ -151,11 +167,14 @@ async def run_job(job: IngestJob, progress: Progress | None = None, *,
                              {"outcome": "refused (--strict)", "first_bad_record": first_bad,
                               "sent": 0}, [])
     fingerprints = [fingerprint(f.path) or {"path": "-"} for f in job.files]
+    lock = _lock(job.job)
     try:
         journal = Journal(job.job)
     except JobMismatch as exc:
+        _unlock(lock)
         raise UsageProblem(str(exc)) from None
     except Exception as exc:  # (an unwritable directory, ...)
+        _unlock(lock)
         raise UsageProblem(f"cannot open the journal {job.job}: {exc}") from None
     try:
         try:
@@ -180,6 +199,55 @@ async def run_job(job: IngestJob, progress: Progress | None = None, *,
                 dead_letter.close()
     finally:
         journal.close()
+        _unlock(lock)
+
+
+def _check_inputs(job: IngestJob) -> None:
+    if job.strict and any(f.path == "-" for f in job.files):
+        raise UsageProblem("--strict reads every input twice (a check, then the sending), and "
+                           "stdin can be read once: save it to a file first")
+    seen: dict[str, str] = {}
+    for spec in job.files:
+        if spec.path == "-":
+            continue
+        real = os.path.realpath(spec.path)
+        if real in seen:
+            raise UsageProblem(f"{spec.path} is the same file as {seen[real]}: its records "
+                               "would be sent twice")
+        seen[real] = spec.path
+
+
+def _lock(journal: Path) -> int | None:
+    """One run per journal at a time: an exclusive lock on ``<journal>-lock``, which the
+    system releases when the process ends, however it ends. (Where ``fcntl`` does not exist,
+    Windows, there is no lock.)"""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = Path(f"{journal}-lock")
+    if not path.parent.is_dir():
+        raise UsageProblem(f"cannot create the journal {journal}: the directory {path.parent} "
+                           "does not exist")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsageProblem(f"cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UsageProblem(f"another pangocdp run (pid {holder}) is using the journal "
+                           f"{journal}: two runs of one job would send records twice") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _credentials(job: IngestJob, fake: FakePangoCDP | None) -> dict[str, Any]:
@@ -234,20 +302,25 @@ async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progre
             journal.begin_run()
             outcome, error = await _drive(run.run(reader), watcher, install_signals)
             report = run.report
-            if reader.complete:
-                total = reader.yielded + reader.skipped
-                journal.set_total(total)
     finally:
         await scheduler.close()
         if store is not None:
             store.close()
         if fake is not None:
             await fake.stop()
-    with contextlib.suppress(sqlite3.Error):  # (a failing journal is reported by end_run)
-        journal.commit()  # what the last answers settled, before it is counted
-    after = journal.state()
-    return _result(job, journal, report, outcome, error, before, after, resent, reader,
-                   resumed, fake is not None)
+    journal_error = None
+    try:
+        if reader.complete and not reader.broken:
+            journal.set_total(reader.yielded + reader.skipped)
+        journal.end_run(report, outcome)
+        after = journal.state()
+    except sqlite3.Error as exc:  # (the disk that refused a write may refuse this one too)
+        journal_error = (
+            f"the journal could not be closed ({exc}); the next run re-reads what it does not "
+            "hold, so nothing is lost, but records in flight may be sent twice")
+        after = before
+    return _result(job, journal, report, outcome, error, after, resent, reader, resumed,
+                   fake is not None, journal_error)
 
 
 async def _drive(coro: Any, watcher: _Watcher, install_signals: bool
@@ -278,7 +351,8 @@ async def _drive(coro: Any, watcher: _Watcher, install_signals: bool
             raise  # we are cancelled from outside: let it through
         return "interrupted", None
     except PipelineError as exc:
-        return "stopped by an error", exc
+        cause = exc.__cause__
+        return "stopped by an error", cause if isinstance(cause, ServerFailing) else exc
     finally:
         watcher.end()
         for sig in installed:
@@ -414,8 +488,8 @@ def _first_bad_record(job: IngestJob) -> str | None:
 
 
 def _result(job: IngestJob, journal: Journal, report: IngestReport, outcome: str,
-            error: BaseException | None, before: Any, after: Any, resent: int, reader: Reader,
-            resumed: bool, sandbox: bool) -> JobResult:
+            error: BaseException | None, after: Settled, resent: int, reader: Reader,
+            resumed: bool, sandbox: bool, journal_error: str | None) -> JobResult:
     stopped_by = report.stopped_by
     left = None if after.total is None else max(
         0, after.total - after.accepted - after.failed)
@@ -440,30 +514,32 @@ def _result(job: IngestJob, journal: Journal, report: IngestReport, outcome: str
         "job": {
             "accepted": after.accepted,
             "failed": after.failed,
+            "to_retry": after.to_retry,
             "unconfirmed": after.unconfirmed,
             "total": after.total,
             "left": left,
-            "complete": after.total is not None and left == 0,
+            "complete": after.total is not None and left == 0 and not reader.broken,
             "runs": after.runs,
         },
         "journal": str(job.job),
         "sandbox": sandbox,
         "empty_files": reader.empty_files,
+        "unreadable": reader.broken,
+        "resume_command": _resume_command(job),
     }
     if stopped_by is not None:
         summary["stopped_by"] = str(stopped_by)
     if error is not None:
         summary["error"] = str(error)
-    try:
-        journal.end_run(report, outcome, summary)
-        failures = journal.failures(limit=20)
-    except sqlite3.Error as exc:  # (the disk that refused a write may refuse this one too)
-        summary["journal_error"] = (
-            f"the journal could not be closed ({exc}); the next run re-reads what it does not "
-            "hold, so nothing is lost, but records in flight may be sent twice")
-        failures = []
-        if error is None:
-            error = exc
+    failures: list[dict[str, Any]] = []
+    if journal_error is not None:
+        summary["journal_error"] = journal_error
+    else:
+        try:
+            journal.save_summary(summary)
+            failures = journal.failures(limit=20)
+        except sqlite3.Error as exc:
+            summary["journal_error"] = f"the journal could not be written ({exc})"
     if outcome == "interrupted":
         code = EXIT_INTERRUPTED
     elif stopped_by is not None:
@@ -481,3 +557,30 @@ def _result(job: IngestJob, journal: Journal, report: IngestReport, outcome: str
         code = EXIT_OK
     summary["exit_code"] = code
     return JobResult(code, outcome, summary, failures, report)
+
+
+def _resume_command(job: IngestJob) -> str:
+    """The command that resumes ``job`` (credentials left out: give them as before)."""
+    words = ["pangocdp", "ingest", *[f.path for f in job.files],
+             "--object-type", job.object_type, "--source", job.source, "--job", str(job.job)]
+    if job.format is not None:
+        words += ["--format", job.format]
+    if job.init_data:
+        words.append("--init-data")
+    for flag, value in (("--je-config-id", job.je_config_id),
+                        ("--je-event-key", job.je_event_key)):
+        if value is not None:
+            words += [flag, value]
+    for code in job.ignore_cf:
+        words += ["--ignore-cf", code]
+    for name, kind in job.column_types.items():
+        words += ["--column", f"{name}:{kind}"]
+    if job.csv_delimiter != ",":
+        words += ["--csv-delimiter", job.csv_delimiter]
+    if job.dead_letter is not None:
+        words += ["--dead-letter", str(job.dead_letter)]
+    if job.sandbox:
+        words.append("--sandbox")
+        if job.no_limits:
+            words.append("--no-limits")
+    return shlex.join(words)

@@ -35,12 +35,18 @@ from typing import IO, Any
 import orjson
 
 from .._batching import Batch
-from .._exceptions import APIStatusError
+from .._exceptions import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    PangoCDPError,
+    RequestValidationError,
+)
 from .._results import IngestReport, RecordFailure
 from ._inputs import BadRecord, InputFile, location, split_key
 from ._ranges import batch_runs, count, merge, subtract
 
-__all__ = ["JobMismatch", "Journal", "Settled"]
+__all__ = ["OUTAGE_BATCHES", "JobMismatch", "Journal", "ServerFailing", "Settled"]
 
 logger = logging.getLogger("pangocdp_async.cli")
 
@@ -59,7 +65,7 @@ CREATE TRIGGER IF NOT EXISTS sent_carries_ack AFTER INSERT ON sent
 CREATE TABLE IF NOT EXISTS failures (key INTEGER PRIMARY KEY, file TEXT NOT NULL,
                                      line INTEGER NOT NULL, kind TEXT NOT NULL,
                                      status INTEGER, message TEXT NOT NULL, record BLOB,
-                                     run INTEGER NOT NULL);
+                                     run INTEGER NOT NULL, retry INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started_at REAL NOT NULL,
                                  ended_at REAL, outcome TEXT, summary BLOB);
 """
@@ -67,6 +73,15 @@ CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, started_at REAL NOT NUL
 
 class JobMismatch(Exception):
     """The journal belongs to another job (other settings, or inputs that changed)."""
+
+
+#: Batches failed in a row, with nothing accepted between, for reasons other than their
+#: records, before a run stops (see :meth:`Journal.failed`).
+OUTAGE_BATCHES = 5
+
+
+class ServerFailing(Exception):
+    """Batch after batch fails for reasons other than its records: the run stops."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,27 +95,45 @@ class Settled:
     unconfirmed: int
     runs: int
     total: int | None  # records in the inputs, once a run has read them all
+    #: Records that failed for a reason other than the record itself (an outage, refused
+    #: credentials): not settled, sent again by the next run.
+    to_retry: int = 0
 
 
 class Journal:
     """One job's journal. Implements the run's journal hooks (``dispatched``, ``accepted``,
     ``failed``, ``finished``); ``dead_letter`` (an open file) receives each failure too."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise JobMismatch(f"cannot create the journal {self.path}: the directory "
+                              f"{self.path.parent} does not exist")
+        existed = self.path.exists() and self.path.stat().st_size > 0
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            # (small pages: a commit writes two of them; only a new file takes the setting)
-            self._db.execute("PRAGMA page_size=1024")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA_SQL)
+            if read_only:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                           isolation_level=None)
+            else:
+                self._db = sqlite3.connect(self.path, isolation_level=None)
+            tables = {name for (name,) in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if existed and "meta" not in tables:
+                self._db.close()
+                raise JobMismatch(f"{self.path} is not a pangocdp job journal (a SQLite file "
+                                  "with other tables: it is left as it is)")
+            if not read_only:
+                # (small pages: a commit writes two of them; only a new file takes it)
+                self._db.execute("PRAGMA page_size=1024")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA_SQL)
             version = self._meta("schema")
         except sqlite3.DatabaseError as exc:
             raise JobMismatch(f"{self.path} is not a pangocdp job journal ({exc})") from None
-        if version is None:
+        if version is None and not read_only:
             self._set_meta("schema", SCHEMA)
-        elif version != SCHEMA:
+        elif version is not None and version != SCHEMA:
             raise JobMismatch(f"{self.path} was written by another version of pangocdp "
                               f"(journal schema {version}, this one reads {SCHEMA})")
         self._names: list[str] = self._meta("names") or []
@@ -108,6 +141,7 @@ class Journal:
         self._pending: list[tuple[int, int]] = []  # accepted ranges not yet written
         self._run = 0
         self._commit_handle: asyncio.Handle | None = None
+        self._outage = 0  # batches failed in a row for reasons other than their records
         self._acks: dict[int, tuple[int, int]] = {}  # sender -> its last batch's ack, held
         self._sender_of: dict[int, int] = {}  # id(batch) -> its sender, until it is finished
         self.dead_letter: IO[bytes] | None = None
@@ -149,6 +183,12 @@ class Journal:
                     f"the journal {self.path} holds another job: " + "; ".join(problems)
                     + ". Pass --restart to start it over (what it holds is forgotten), or "
                     "choose another --job file")
+            for was, now in zip(self.inputs or [], inputs, strict=True):
+                if was.get("mtime_ns") != now.get("mtime_ns"):
+                    logger.warning("%s was modified since the job started, but its size and "
+                                   "its first and last MiB are the same: resuming",
+                                   now.get("path"))
+            self._set_meta("inputs", inputs)
             self._set_meta("names", self._names)
             self._set_meta("json_files", sorted(self._json_files))
             return self._count_done() > 0 or self._db.execute(
@@ -191,24 +231,26 @@ class Journal:
                 failed += hi - lo + 1
         runs = int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
         total = self._meta("total")
+        retry = int(self._db.execute(
+            "SELECT COUNT(*) FROM failures WHERE retry = 1").fetchone()[0])
         return Settled(accepted, failed, count(self.unconfirmed_ranges()), runs,
-                       None if total is None else int(total))
+                       None if total is None else int(total), retry)
 
     def set_total(self, total: int) -> None:
         self._set_meta("total", total)
 
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
-        query = ("SELECT key, file, line, kind, status, message, record FROM failures "
+        query = ("SELECT key, file, line, kind, status, message, record, retry FROM failures "
                  "ORDER BY key")
         if limit is not None:
             query += f" LIMIT {int(limit)}"
         out = []
-        for key, file, line, kind, status, message, record in self._db.execute(query):
+        for key, file, line, kind, status, message, record, retry in self._db.execute(query):
             item = split_key(key)[0] in self._json_files
             out.append({"file": file, "line": line, "item": item,
                         "where": location(file, line, item=item), "error": kind,
                         "status": status,
-                        "message": message,
+                        "message": message, "sent_again_on_resume": bool(retry),
                         "record": None if record is None else orjson.loads(record)})
         return out
 
@@ -229,6 +271,8 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._replace_sent(leftover)
+            # (failures that do not settle their record are tried again by this run)
+            self._db.execute("DELETE FROM failures WHERE retry = 1")
             cur = self._db.execute("INSERT INTO runs (started_at) VALUES (?)", (time.time(),))
         self._run = int(cur.lastrowid or 0)
         self._acks.clear()
@@ -240,7 +284,12 @@ class Journal:
             self._db.execute("INSERT INTO sent (slot, ranges) VALUES (?, ?)",
                              (_LEFTOVER_SLOT, orjson.dumps(ranges)))
 
-    def end_run(self, report: IngestReport, outcome: str, summary: dict[str, Any]) -> None:
+    def save_summary(self, summary: dict[str, Any]) -> None:
+        """Keep the run's summary with its row (for ``status``)."""
+        self._db.execute("UPDATE runs SET summary = ? WHERE id = ?",
+                         (orjson.dumps(summary), self._run))
+
+    def end_run(self, report: IngestReport, outcome: str) -> None:
         """Write what is pending; keep as unconfirmed this run's records in doubt and what
         earlier runs left unconfirmed and is still not settled (this run's report says
         exactly which of its own records may have arrived: the senders' rows are dropped);
@@ -256,9 +305,8 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._replace_sent(keep)
-            self._db.execute("UPDATE runs SET ended_at = ?, outcome = ?, summary = ? "
-                             "WHERE id = ?", (time.time(), outcome, orjson.dumps(summary),
-                                              self._run))
+            self._db.execute("UPDATE runs SET ended_at = ?, outcome = ? WHERE id = ?",
+                             (time.time(), outcome, self._run))
 
     # The run's journal hooks (see the module's docstring for the order of writes). A failing
     # write must not be swallowed: it is kept in ``error`` and raised (now or at the next
@@ -290,6 +338,7 @@ class Journal:
 
     def accepted(self, positions: list[int]) -> None:
         self._pending.extend(batch_runs(positions))
+        self._outage = 0
 
     def finished(self, batch: Batch) -> None:
         """The acknowledged ranges become durable with the sender's next dispatch or when the
@@ -352,16 +401,27 @@ class Journal:
             self._db.execute("COMMIT")
 
     def failed(self, failures: list[RecordFailure]) -> None:
+        """Failed records, with their errors. A refusal of the record itself (a bad line, a
+        400 for the entry, one entry too large) settles it; any other error (the server or
+        the network failing, credentials refused, the quota wait running out) does not: the
+        next run sends the record again, and the failure is kept until then.
+
+        After :data:`OUTAGE_BATCHES` such failures in a row with nothing accepted between,
+        raises :class:`ServerFailing` (once the failures are written): the run stops rather
+        than try every record of the input against a server that is down."""
         rows = [self._failure_row(f) for f in failures]
+        settled = [(f.position, f.position) for f, row in zip(failures, rows, strict=True)
+                   if not row[8]]
         db = self._db
         try:
             if not db.in_transaction:
                 db.execute("BEGIN")
             db.executemany(
                 "INSERT OR REPLACE INTO failures (key, file, line, kind, status, message, "
-                "record, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'f')",
-                           [(f.position, f.position) for f in failures])
+                "record, run, retry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if settled:
+                db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'f')",
+                               settled)
         except sqlite3.Error as exc:
             self.error = exc
             raise
@@ -370,10 +430,19 @@ class Journal:
             for row in rows:
                 self.dead_letter.write(orjson.dumps(
                     {"file": row[1], "line": row[2], "error": row[3], "status": row[4],
-                     "message": row[5],
+                     "message": row[5], "sent_again_on_resume": bool(row[8]),
                      "record": None if row[6] is None else orjson.Fragment(row[6])},
                     option=orjson.OPT_APPEND_NEWLINE))
             self.dead_letter.flush()
+        if all(row[8] for row in rows):
+            self._outage += 1
+            if self._outage >= OUTAGE_BATCHES:
+                raise ServerFailing(
+                    f"{self._outage} batches in a row failed for a reason other than their "
+                    f"records (the last: {failures[-1].error}); stopping rather than try the "
+                    "whole input: run the same command again once the server answers")
+        else:
+            self._outage = 0
 
     def where(self, key: int) -> tuple[str, int, str]:
         """The file, line (or item) and ``file:line`` label of a key."""
@@ -386,7 +455,7 @@ class Journal:
         if isinstance(record, BadRecord):
             return (failure.position, record.file, record.line, "bad input", None,
                     record.reason, None if record.raw is None else orjson.dumps(record.raw),
-                    self._run)
+                    self._run, 0)
         name, line, label = self.where(failure.position)
         error = failure.error
         status = error.status if isinstance(error, APIStatusError) else None
@@ -396,7 +465,7 @@ class Journal:
         except TypeError:
             blob = orjson.dumps(repr(record))
         return (failure.position, name, line, type(error).__name__, status, message, blob,
-                self._run)
+                self._run, 0 if refuses_the_record(error) else 1)
 
     def close(self) -> None:
         if self._commit_handle is not None:
@@ -409,6 +478,15 @@ class Journal:
             self._db.close()
 
 
+def refuses_the_record(error: PangoCDPError) -> bool:
+    """Whether ``error`` is about the record itself (sending it again changes nothing): the
+    client's own refusal, or a 400, 413 or 422 answer to a request that held it."""
+    if isinstance(error, (RequestValidationError, BadRequestError)):
+        return True
+    return isinstance(error, APIStatusError) and not isinstance(error, AuthenticationError) and (
+        error.status in (400, 413, 422))
+
+
 def _differences(known: dict[str, Any], settings: dict[str, Any],
                  known_inputs: list[dict[str, Any]], inputs: list[dict[str, Any]]) -> list[str]:
     problems = []
@@ -419,7 +497,8 @@ def _differences(known: dict[str, Any], settings: dict[str, Any],
         problems.append(f"it had {len(known_inputs)} input file(s), now {len(inputs)}")
         return problems
     for i, (was, now) in enumerate(zip(known_inputs, inputs, strict=True)):
-        if was == now:
+        # (the modification time alone is no change: a touch, or the same file copied again)
+        if {**was, "mtime_ns": None} == {**now, "mtime_ns": None}:
             continue
         label = now.get("path") or was.get("path") or f"input {i + 1}"
         if was.get("path") != now.get("path"):
