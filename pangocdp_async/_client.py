@@ -416,7 +416,12 @@ class PangoCDPClient:
             stats.started()
             started = self._clock()
             if tracker is not None:
-                tracker.started()
+                try:
+                    tracker.started()
+                except BaseException:  # (the bulk run's journal could not write: not sent)
+                    limiter.complete(reservation, counted=False)
+                    stats.failed()
+                    raise
             try:
                 response = await transport.post(url, body=body, headers=headers)
             except APIConnectionError as exc:

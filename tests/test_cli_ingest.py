@@ -719,3 +719,39 @@ def test_an_outage_stops_the_run_instead_of_burning_the_input(
     second = ingest(base_args(path, job, "--json"), env=server.env())
     assert second.exit_code == 0, second.output
     assert sorted(accepted_ids(server)) == sorted(ids)
+
+
+def test_a_dispatch_the_journal_cannot_write_is_not_sent(
+        tmp_path: Path, threaded_fake: Fakes, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The journal refuses the write before a request: that request is not made (its batch is
+    unsent, not in doubt), the quota slot it took is given back, every sender's crash is
+    reported once, and a resume sends everything once."""
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    ids = orders_file(path, 300)
+    real = Journal.dispatched
+    calls = [0]
+
+    def failing(self: Journal, batch: Any, sender: int) -> None:
+        calls[0] += 1
+        if calls[0] >= 4:
+            self.error = sqlite3.OperationalError("disk I/O error")
+        real(self, batch, sender)
+
+    monkeypatch.setattr(Journal, "dispatched", failing)
+    result = ingest(base_args(path, job, "--batch-size", "10", "--concurrency", "4", "--json"),
+                    env=server.env())
+    assert result.exit_code == 1, result.output
+    summary = orjson.loads(result.output)
+    assert summary["error"].startswith(f"cannot write the job journal {job}: disk I/O error")
+    assert summary["run"]["in_doubt"] == 0
+    assert summary["run"]["unsent"] >= 10
+    assert len(accepted_ids(server)) == 30  # the three dispatches that were written
+    assert "never retrieved" not in caplog.text
+    monkeypatch.setattr(Journal, "dispatched", real)
+    again = ingest(base_args(path, job, "--json"), env=server.env())
+    assert again.exit_code == 0, again.output
+    counts = Counter(accepted_ids(server))
+    assert sorted(counts) == sorted(ids)
+    assert max(counts.values()) == 1

@@ -72,11 +72,12 @@ class SenderState:
         self.batch = _EMPTY
 
     def started(self) -> None:
+        if not self.announced and self.journal is not None:
+            # (first: if the journal cannot write, nothing is sent and the batch is unsent)
+            self.journal.dispatched(self.batch, self.index)
+            self.announced = True
         self.in_flight = True
         self.posts += 1
-        if not self.announced and self.journal is not None:
-            self.announced = True
-            self.journal.dispatched(self.batch, self.index)
 
     def finished(self, answered: bool) -> None:
         self.in_flight = False

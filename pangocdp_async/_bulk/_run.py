@@ -261,6 +261,8 @@ class BulkRun:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         for task in senders:  # cancelled, crashed or stopped with a batch under way
+            if task.done() and not task.cancelled():
+                task.exception()  # (retrieved: a crash is reported once, by _supervise)
             state = states.get(task)
             if state is not None and state.batch.entries:
                 ledger.stopped(state)

@@ -248,7 +248,7 @@ def ingest(files: tuple[str, ...], object_type: str, source: str, je_config_id: 
       pangocdp ingest customers.csv --object-type customer-identity --source CRM \\
           --column points:int --json
     """
-    _setup_logging(verbose, quiet or as_json)
+    _setup_logging(verbose, quiet)
     _check_envelope(object_type, source, je_config_id, je_event_key, ignore_cf)
     if no_limits and not sandbox:
         _fail("--no-limits needs --sandbox: against the real API the windows are the law")

@@ -49,7 +49,7 @@ from ._inputs import (
     count_lines,
     fingerprint,
 )
-from ._journal import JobMismatch, Journal, ServerFailing, Settled
+from ._journal import JobMismatch, Journal, JournalWriteError, ServerFailing, Settled
 from ._plan import plan_backfill, short_window
 
 __all__ = ["Credentials", "IngestJob", "JobResult", "UsageProblem", "run_job"]
@@ -352,7 +352,8 @@ async def _drive(coro: Any, watcher: _Watcher, install_signals: bool
         return "interrupted", None
     except PipelineError as exc:
         cause = exc.__cause__
-        return "stopped by an error", cause if isinstance(cause, ServerFailing) else exc
+        known = isinstance(cause, (ServerFailing, JournalWriteError))
+        return "stopped by an error", cause if known else exc
     finally:
         watcher.end()
         for sig in installed:

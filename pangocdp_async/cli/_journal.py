@@ -46,7 +46,14 @@ from .._results import IngestReport, RecordFailure
 from ._inputs import BadRecord, InputFile, location, split_key
 from ._ranges import batch_runs, count, merge, subtract
 
-__all__ = ["OUTAGE_BATCHES", "JobMismatch", "Journal", "ServerFailing", "Settled"]
+__all__ = [
+    "OUTAGE_BATCHES",
+    "JobMismatch",
+    "Journal",
+    "JournalWriteError",
+    "ServerFailing",
+    "Settled",
+]
 
 logger = logging.getLogger("pangocdp_async.cli")
 
@@ -78,6 +85,11 @@ class JobMismatch(Exception):
 #: Batches failed in a row, with nothing accepted between, for reasons other than their
 #: records, before a run stops (see :meth:`Journal.failed`).
 OUTAGE_BATCHES = 5
+
+
+class JournalWriteError(Exception):
+    """The journal could not be written (disk full, file gone): the run stops, since what it
+    sent could not be recorded."""
 
 
 class ServerFailing(Exception):
@@ -313,7 +325,7 @@ class Journal:
     # dispatch), which crashes a sender and so stops the run.
     def dispatched(self, batch: Batch, sender: int) -> None:
         if self.error is not None:
-            raise self.error
+            raise self._write_error()
         positions = batch.positions
         lo, hi = positions[0], positions[-1]
         ack_lo, ack_hi = self._acks.pop(sender, (None, None))
@@ -333,7 +345,7 @@ class Journal:
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.error = exc
-            raise
+            raise self._write_error() from exc
         self._sender_of[id(batch)] = sender
 
     def accepted(self, positions: list[int]) -> None:
@@ -357,7 +369,7 @@ class Journal:
                 self._write_pending()
             except sqlite3.Error as exc:
                 self.error = exc
-                raise
+                raise self._write_error() from exc
         self._commit_soon()
 
     def _write_pending(self) -> None:
@@ -372,6 +384,11 @@ class Journal:
             self._db.executemany("INSERT INTO done (lo, hi, outcome) VALUES (?, ?, 'a')",
                                  pending)
         pending.clear()
+
+    def _write_error(self) -> JournalWriteError:
+        error = JournalWriteError(f"cannot write the job journal {self.path}: {self.error}")
+        error.__cause__ = self.error
+        return error
 
     def _commit_soon(self) -> None:
         if self._commit_handle is not None:
@@ -424,7 +441,7 @@ class Journal:
                                settled)
         except sqlite3.Error as exc:
             self.error = exc
-            raise
+            raise self._write_error() from exc
         self._commit_soon()
         if self.dead_letter is not None:
             for row in rows:
