@@ -655,7 +655,8 @@ def test_a_touched_input_resumes(tmp_path: Path) -> None:
     os.utime(path, (1_000_000, 1_000_000))
     again = ingest(base_args(path, job, "--sandbox", "--json"))
     assert again.exit_code == 0, again.output
-    assert orjson.loads(again.output)["run"]["skipped_as_settled"] == 3
+    assert orjson.loads(again.stdout)["run"]["skipped_as_settled"] == 3
+    assert "was modified since the job started" in again.stderr
 
 
 def test_the_default_journal_is_named_after_the_whole_input_name(tmp_path: Path,

@@ -180,8 +180,10 @@ def test_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
 
 def test_a_write_that_fails_stops_the_next_dispatch(tmp_path: Path) -> None:
     journal = opened(tmp_path / "job.sqlite")
+    from pangocdp_async.cli._journal import JournalWriteError
+
     journal.error = OSError("disk full")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(JournalWriteError, match="cannot write the job journal .*: disk full"):
         journal.dispatched(batch(1, 2), sender=0)
     journal.close()
 
