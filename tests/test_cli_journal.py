@@ -183,7 +183,7 @@ def test_a_write_that_fails_stops_the_next_dispatch(tmp_path: Path) -> None:
     from pangocdp_async.cli._journal import JournalWriteError
 
     journal.error = OSError("disk full")
-    with pytest.raises(JournalWriteError, match="cannot write the job journal .*: disk full"):
+    with pytest.raises(JournalWriteError, match=r"cannot write the job journal .*: disk full"):
         journal.dispatched(batch(1, 2), sender=0)
     journal.close()
 
