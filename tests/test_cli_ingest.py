@@ -756,3 +756,21 @@ def test_a_dispatch_the_journal_cannot_write_is_not_sent(
     counts = Counter(accepted_ids(server))
     assert sorted(counts) == sorted(ids)
     assert max(counts.values()) == 1
+
+
+def test_a_truncated_gzip_sends_what_it_holds_and_leaves_the_job_incomplete(
+        tmp_path: Path, threaded_fake: Fakes) -> None:
+    import gzip
+
+    server = threaded_fake(rate_limits=None)
+    path = tmp_path / "orders.jsonl.gz"
+    body = b"".join(orjson.dumps(r) + b"\n" for r in sample_orders(400))
+    packed = gzip.compress(body)
+    path.write_bytes(packed[: len(packed) - 30])
+    result = ingest([str(path), "--object-type", "order", "--source", "POS", "--json",
+                     "--job", str(tmp_path / "job.sqlite")], env=server.env())
+    assert result.exit_code == 1, result.output
+    summary = orjson.loads(result.output)
+    assert summary["job"]["complete"] is False
+    assert "compressed file is truncated" in summary["unreadable"][0]
+    assert 300 < len(accepted_ids(server)) < 400  # what came before the cut was sent

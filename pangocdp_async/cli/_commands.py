@@ -20,7 +20,6 @@ from rich.text import Text
 
 from .. import __version__
 from .._batching import EntryEncoder, make_envelope
-from .._bulk import KeyQueue
 from .._bulk._options import MAX_CONCURRENCY
 from .._config import DOCUMENTED_LIMITS
 from .._constants import (
@@ -41,16 +40,15 @@ from ._display import (
     plan_table,
     print_summary,
 )
+from ._dryrun import DryRun
 from ._inputs import (
     FORMATS,
-    BadRecord,
     ColumnType,
     InputError,
     InputFile,
     Reader,
     check_readable,
     detect_format,
-    split_key,
 )
 from ._job import (
     EXIT_FAILED,
@@ -354,39 +352,17 @@ def validate(files: tuple[str, ...], object_type: str, source: str, je_config_id
 def _validate(inputs: list[InputFile], encoder: EntryEncoder, batch_size: int,
               column_types: dict[str, ColumnType], csv_delimiter: str,
               emit: Any) -> tuple[list[str], int, int, Reader]:
-    keys = KeyQueue()
+    dry = DryRun(inputs, encoder, batch_size, column_types=column_types,
+                 csv_delimiter=csv_delimiter)
+    problems: list[str] = []
     try:
-        reader = Reader(inputs, keys=keys, column_types=column_types,
-                        csv_delimiter=csv_delimiter)
-        names = [f.name for f in inputs]
-        problems: list[str] = []
-        records = batches = 0
-        chunk: list[Any] = []
-        iterator = iter(reader)
-        while True:
-            chunk.clear()
-            for record in iterator:
-                chunk.append(record)
-                if len(chunk) == batch_size:
-                    break
-            if not chunk:
-                break
-            positions = keys.take(len(chunk))
-            batch, refused = encoder.encode_batch(chunk, 0, positions)
-            records += len(batch)
-            batches += 1 if batch.entries else 0
-            for key, record, error in refused:
-                if isinstance(record, BadRecord):
-                    text = str(record)
-                else:
-                    index, line = split_key(key)
-                    text = str(error).replace(f"entries[{key}]", f"{names[index]}:{line}")
-                problems.append(text)
-                if emit is not None:
-                    emit(text)
+        for text in dry.problems():
+            problems.append(text)
+            if emit is not None:
+                emit(text)
     except InputError as exc:
         _fail(str(exc))
-    return problems, records, batches, reader
+    return problems, dry.records, dry.batches, dry.reader
 
 
 # --- plan --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from .._batching import EntryEncoder, make_envelope
 from .._bulk import BulkOptions, KeyQueue
 from .._client import PangoCDPClient
 from .._config import DOCUMENTED_LIMITS, RateLimit
@@ -38,8 +39,8 @@ from .._exceptions import AuthenticationError, PipelineError
 from .._limiter import QuotaScheduler, SQLiteQuotaStore
 from .._results import IngestReport
 from ..testing import FakePangoCDP
+from ._dryrun import DryRun
 from ._inputs import (
-    BadRecord,
     ColumnType,
     InputError,
     InputFile,
@@ -463,29 +464,12 @@ class _Watcher:
 
 def _first_bad_record(job: IngestJob) -> str | None:
     """--strict: read every input once, before anything is sent; the first bad record."""
-    from .._batching import EntryEncoder, make_envelope
-    from .._exceptions import RequestValidationError
-
     envelope = make_envelope(job.object_type, job.source, je_config_id=job.je_config_id,
                              je_event_key=job.je_event_key,
                              ignored_update_cfs=list(job.ignore_cf) or None).wire_fields()
-    encoder = EntryEncoder(envelope)
-    keys = KeyQueue()
-    reader = Reader(job.files, keys=keys, column_types=job.column_types,
-                    csv_delimiter=job.csv_delimiter)
-    names = [f.name for f in job.files]
-    for record in reader:
-        key = keys.take_one()
-        if isinstance(record, BadRecord):
-            return str(record)
-        try:
-            encoder.encode_entry(record, key)
-        except RequestValidationError as exc:
-            from ._inputs import split_key
-
-            index, line = split_key(key)
-            return str(exc).replace(f"entries[{key}]", f"{names[index]}:{line}")
-    return None
+    dry = DryRun(job.files, EntryEncoder(envelope), job.batch_size,
+                 column_types=job.column_types, csv_delimiter=job.csv_delimiter)
+    return next(dry.problems(), None)
 
 
 def _result(job: IngestJob, journal: Journal, report: IngestReport, outcome: str,
