@@ -286,13 +286,14 @@ def test_the_server_refusing_every_batch_is_a_configuration_error(tmp_path: Path
             summary["run"]["unsent"]) == (150, 6, 144)
     assert summary["job"]["unconfirmed"] == 0  # nothing in flight: the rest was never sent
     check_invariant(job, path, server)
+    # The entries tried alone were refused for the envelope, not for themselves: not settled.
+    assert (summary["job"]["failed"], summary["job"]["to_retry"]) == (0, 6)
     server.fake.reject_entry = None
     fixed = ingest(base_args(path, job, "--json"), env=server.env())
     summary = orjson.loads(fixed.output)
-    # Only the lone entries the server refused (2 per refused batch) stay failed.
-    assert summary["job"]["failed"] == 6
-    assert summary["job"]["accepted"] == 394
-    assert fixed.exit_code == 1
+    assert (summary["job"]["accepted"], summary["job"]["failed"]) == (400, 0)
+    assert fixed.exit_code == 0
+    assert len(set(accepted_ids(server))) == len(accepted_ids(server)) == 400
 
 
 def test_a_journal_that_cannot_be_written_stops_the_run(tmp_path: Path, threaded_fake: Fakes,
@@ -551,7 +552,7 @@ def test_strict_refuses_stdin(tmp_path: Path) -> None:
     result = ingest(["-", "--object-type", "order", "--source", "POS", "--strict", "--sandbox",
                      "--job", str(tmp_path / "job.sqlite")], input=b'{"orderId": "1"}\n')
     assert result.exit_code == 2
-    assert "stdin can be read once" in result.output
+    assert "stdin or a pipe can be read once" in result.output
 
 
 def test_the_same_file_twice_is_refused(tmp_path: Path) -> None:
@@ -774,3 +775,133 @@ def test_a_truncated_gzip_sends_what_it_holds_and_leaves_the_job_incomplete(
     assert summary["job"]["complete"] is False
     assert "compressed file is truncated" in summary["unreadable"][0]
     assert 300 < len(accepted_ids(server)) < 400  # what came before the cut was sent
+
+
+# --- what the second review found --------------------------------------------------------------
+def test_a_link_to_the_journal_takes_the_same_lock(tmp_path: Path) -> None:
+    import fcntl
+
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 3)
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(job)
+    with open(f"{job}-lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = ingest(base_args(path, link, "--sandbox"))
+    assert result.exit_code == 2
+    assert "another pangocdp run" in result.output
+
+
+def test_one_file_under_two_names_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 3)
+    hard = tmp_path / "hard.jsonl"
+    os.link(path, hard)
+    result = ingest([str(path), str(hard), "--object-type", "order", "--source", "POS",
+                     "--sandbox", "--job", str(tmp_path / "job.sqlite")])
+    assert result.exit_code == 2
+    assert "is the same file as" in result.output
+
+
+def test_a_pipe_is_read_once_whole(tmp_path: Path, threaded_fake: Fakes) -> None:
+    """A named pipe (what a process substitution is): no fingerprint or line count may read
+    it before the run, and --strict refuses it."""
+    import threading
+
+    server = threaded_fake(rate_limits=None)
+    fifo = tmp_path / "orders.fifo"
+    os.mkfifo(fifo)
+    data = b"".join(orjson.dumps(r) + b"\n" for r in sample_orders(3_000))
+
+    def feed() -> None:
+        with fifo.open("wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    result = ingest([str(fifo), "--format", "jsonl", "--object-type", "order", "--source",
+                     "POS", "--json", "--job", str(tmp_path / "job.sqlite")], env=server.env())
+    writer.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert len(set(accepted_ids(server))) == 3_000
+    strict = ingest([str(fifo), "--format", "jsonl", "--object-type", "order", "--source",
+                     "POS", "--strict", "--job", str(tmp_path / "j2.sqlite")], env=server.env())
+    assert strict.exit_code == 2
+    assert "can be read once" in strict.output
+
+
+def test_an_unclosed_csv_quote_leaves_the_job_incomplete(tmp_path: Path) -> None:
+    csv = tmp_path / "unbalanced.csv"
+    csv.write_text('id,name\n1,a\n2,"b\n3,c\n4,d\n5,e\n')
+    result = ingest([str(csv), "--object-type", "order", "--source", "POS", "--sandbox",
+                     "--json", "--job", str(tmp_path / "job.sqlite")])
+    assert result.exit_code == 1, result.output
+    summary = orjson.loads(result.output)
+    assert summary["job"]["complete"] is False
+    assert summary["unreadable"][0].startswith(f"{csv}:3: a quoted field opened here runs")
+
+
+def test_a_json_object_is_not_an_array(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_bytes(b'  {"item": {"orderId": "1"}}')
+    result = ingest([str(path), "--object-type", "order", "--source", "POS", "--sandbox",
+                     "--json", "--job", str(tmp_path / "job.sqlite")])
+    assert result.exit_code == 1, result.output
+    summary = orjson.loads(result.output)
+    assert summary["run"]["accepted"] == 0
+    assert summary["job"]["complete"] is False
+    assert "must be an array of objects, got an object" in summary["unreadable"][0]
+
+
+def test_missing_credentials_on_resume_say_so(tmp_path: Path, threaded_fake: Fakes,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 3)
+    assert ingest(base_args(path, job), env=server.env()).exit_code == 0
+    env = server.env()
+    for name in env:
+        monkeypatch.delenv(name, raising=False)
+    result = ingest(base_args(path, job), env={k: v for k, v in env.items()
+                                               if k != "PANGOCDP_USERNAME"})
+    assert result.exit_code == 2
+    assert "missing credentials: --username" in result.output
+    assert "--restart" not in result.output
+
+
+def test_the_resume_command_keeps_the_urls_and_user(tmp_path: Path, threaded_fake: Fakes,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    server = threaded_fake(rate_limits=None)
+    for name in ("PANGOCDP_AUTH_URL", "PANGOCDP_INGEST_URL", "PANGOCDP_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    path, job = tmp_path / "orders.jsonl", tmp_path / "job.sqlite"
+    orders_file(path, 3)
+    flags = ["--username", "demo", "--auth-url", server.fake.auth_url,
+             "--ingest-url", server.fake.ingest_url]
+    keys = {"PANGOCDP_API_KEY": server.fake.api_key,
+            "PANGOCDP_GROUP_KEY": server.fake.group_key}
+    result = ingest(base_args(path, job, *flags, "--json"), env=keys)
+    assert result.exit_code == 0, result.output
+    command = orjson.loads(result.output)["resume_command"]
+    assert f"--ingest-url {server.fake.ingest_url}" in command
+    assert server.fake.api_key not in command
+    import shlex
+
+    again = ingest([*shlex.split(command)[2:], "--json"], env=keys)
+    assert again.exit_code == 0, again.output
+
+
+def test_a_database_with_a_meta_table_is_left_alone(tmp_path: Path) -> None:
+    other = tmp_path / "history.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("INSERT INTO meta VALUES ('version', '42')")
+    db.commit()
+    db.close()
+    before = other.read_bytes()
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 1)
+    result = ingest(base_args(path, other, "--sandbox"))
+    assert result.exit_code == 2
+    assert "not a pangocdp job journal" in result.output
+    assert other.read_bytes() == before

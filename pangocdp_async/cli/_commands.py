@@ -503,7 +503,7 @@ def status(job_path: Path, show: int, as_json: bool) -> None:
         journal.close()
     left = None if state.total is None else max(0, state.total - state.accepted - state.failed)
     data = {"job": str(job_path), "settings": settings, "inputs": inputs,
-            "accepted": state.accepted, "failed": state.failed,
+            "accepted": state.accepted, "failed": state.failed, "to_retry": state.to_retry,
             "unconfirmed": state.unconfirmed, "total": state.total, "left": left,
             "complete": left == 0, "runs": runs, "failures": failures}
     if as_json:
@@ -519,6 +519,8 @@ def status(job_path: Path, show: int, as_json: bool) -> None:
     table = Table(show_header=False)
     table.add_row("accepted", f"{state.accepted:,}")
     table.add_row("failed", f"{state.failed:,}")
+    table.add_row("failed for a reason not their own (sent again on resume)",
+                  f"{state.to_retry:,}")
     table.add_row("in doubt / in flight at a stop (sent again on resume)",
                   f"{state.unconfirmed:,}")
     table.add_row("records in the inputs",
@@ -534,7 +536,8 @@ def status(job_path: Path, show: int, as_json: bool) -> None:
                            + (f", {counts.get('accepted', 0):,} accepted, "
                               f"{counts.get('failed', 0):,} failed" if counts else "")))
     if failures:
-        console.print(f"failures ({state.failed:,}; the first {len(failures)}):")
+        console.print(f"failures ({state.failed + state.to_retry:,}; the first "
+                      f"{len(failures)}):")
         for f in failures:
             status_text = f" (HTTP {f['status']})" if f.get("status") else ""
             console.print(Text(f"  {f['where']}: {f['message']}{status_text}"))

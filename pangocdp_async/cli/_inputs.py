@@ -14,6 +14,8 @@ import codecs
 import csv
 import gzip
 import hashlib
+import os
+import stat as stat_module
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -120,10 +122,30 @@ def detect_format(path: str, override: str | None) -> tuple[Format, bool]:
                      ".csv or .json, optionally .gz), or pass --format")
 
 
+def is_stream(path: str) -> bool:
+    """Whether ``path`` can be read only once (stdin, a pipe, a process substitution): it has
+    no fingerprint and no line count, and ``--strict`` cannot read it twice."""
+    if path == "-":
+        return True
+    try:
+        return not stat_module.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def identity(path: str) -> tuple[int, int] | None:
+    """The file's (device, inode): one file under two names (a link) has one identity."""
+    try:
+        st = os.fstat(0) if path == "-" else os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def fingerprint(path: str) -> dict[str, Any] | None:
     """Size, modification time and a hash of the first and last MiB: enough to notice a file
-    replaced, appended to or rewritten (stdin has none)."""
-    if path == "-":
+    replaced, appended to or rewritten (a stream has none: reading it would consume it)."""
+    if is_stream(path):
         return None
     p = Path(path)
     stat = p.stat()
@@ -184,6 +206,10 @@ def check_readable(spec: InputFile) -> None:
         raise InputError(f"{spec.path}: is a directory, not a file")
     if not p.exists():
         raise InputError(f"{spec.path}: no such file")
+    if is_stream(spec.path):  # (opening a pipe to check it would take its writer's data)
+        if not os.access(p, os.R_OK):
+            raise InputError(f"{spec.path}: cannot read: Permission denied")
+        return
     try:
         with p.open("rb"):
             pass
@@ -347,6 +373,11 @@ class Reader:
             except StopIteration:
                 return
             except csv.Error as exc:  # one bad row (an unbalanced quote): the next row is read
+                if decoder.line > start:
+                    # (an opening quote never closed took the lines after it into the row)
+                    self.broken.append(
+                        f"{location(name, start)}: a quoted field opened here runs to line "
+                        f"{decoder.line}: the rows in between were not read")
                 if (base | start) in skip:
                     self.skipped += 1
                 else:
@@ -411,8 +442,19 @@ class Reader:
         skip = self.skip
         item = 0
         peek = getattr(stream, "peek", None)
-        if peek is not None and peek(3)[:3] == codecs.BOM_UTF8:
-            stream.read(3)
+        if peek is not None:
+            if peek(3)[:3] == codecs.BOM_UTF8:
+                stream.read(3)
+            while peek(1)[:1] in (b" ", b"\t", b"\r", b"\n"):
+                stream.read(1)
+            first = peek(1)[:1]
+            if first and first != b"[":
+                kind = "an object" if first == b"{" else "something else"
+                not_array = f"a JSON input must be an array of objects, got {kind}"
+                self.broken.append(f"{location(name, 1, item=True)}: {not_array}")
+                if (base | 1) not in skip:
+                    yield self._emit(base | 1, BadRecord(name, 1, not_array, item=True))
+                return
         try:
             for value in ijson.items(stream, "item", use_float=True):
                 item += 1
@@ -441,7 +483,7 @@ class Reader:
                 return
             yield self._emit(key, BadRecord(name, item + 1, reason, item=True))
             return
-        if item == 0 and spec.path != "-":
+        if item == 0 and not is_stream(spec.path):
             # (ijson yields nothing for a top-level object or scalar: say so)
             stream_kind = _top_level_kind(spec)
             if stream_kind not in ("array", "empty"):
@@ -575,7 +617,7 @@ def _top_level_kind(spec: InputFile) -> str:
 def count_lines(spec: InputFile) -> int | None:
     """Lines in a plain file, fast (for the progress bar's total); None when unknown (stdin,
     gzip, JSON arrays)."""
-    if spec.path == "-" or spec.gzip or spec.format == "json":
+    if spec.gzip or spec.format == "json" or is_stream(spec.path):
         return None
     count = 0
     last = b"\n"

@@ -35,7 +35,7 @@ from .._constants import (
     ENV_INGEST_URL,
     ENV_USERNAME,
 )
-from .._exceptions import AuthenticationError, PipelineError
+from .._exceptions import AuthenticationError, BadRequestError, PipelineError
 from .._limiter import QuotaScheduler, SQLiteQuotaStore
 from .._results import IngestReport
 from ..testing import FakePangoCDP
@@ -49,6 +49,8 @@ from ._inputs import (
     check_readable,
     count_lines,
     fingerprint,
+    identity,
+    is_stream,
 )
 from ._journal import JobMismatch, Journal, JournalWriteError, ServerFailing, Settled
 from ._plan import plan_backfill, short_window
@@ -124,7 +126,7 @@ class IngestJob:
             return "sandbox"
         c = self.credentials
         url = c.ingest_url or os.environ.get(ENV_INGEST_URL) or DEFAULT_INGEST_URL
-        return f"{c.username or os.environ.get(ENV_USERNAME) or '?'} at {url}"
+        return f"{c.username or os.environ.get(ENV_USERNAME) or '?'} at {url.rstrip('/')}"
 
 
 @dataclass
@@ -204,29 +206,33 @@ async def run_job(job: IngestJob, progress: Progress | None = None, *,
 
 
 def _check_inputs(job: IngestJob) -> None:
-    if job.strict and any(f.path == "-" for f in job.files):
+    """What can be refused before the journal is opened: double reads, missing credentials."""
+    if job.strict and any(is_stream(f.path) for f in job.files):
         raise UsageProblem("--strict reads every input twice (a check, then the sending), and "
-                           "stdin can be read once: save it to a file first")
-    seen: dict[str, str] = {}
+                           "stdin or a pipe can be read once: save it to a file first")
+    seen: dict[tuple[int, int], str] = {}
     for spec in job.files:
-        if spec.path == "-":
+        same = identity(spec.path)
+        if same is None:
             continue
-        real = os.path.realpath(spec.path)
-        if real in seen:
-            raise UsageProblem(f"{spec.path} is the same file as {seen[real]}: its records "
+        if same in seen:
+            raise UsageProblem(f"{spec.path} is the same file as {seen[same]}: its records "
                                "would be sent twice")
-        seen[real] = spec.path
+        seen[same] = spec.path
+    if not job.sandbox:
+        _credentials(job, None)  # missing credentials: said as such, not as another job
 
 
 def _lock(journal: Path) -> int | None:
-    """One run per journal at a time: an exclusive lock on ``<journal>-lock``, which the
-    system releases when the process ends, however it ends. (Where ``fcntl`` does not exist,
-    Windows, there is no lock.)"""
+    """One run per journal at a time: an exclusive lock on ``<journal>-lock`` (named after
+    the journal's real path: a link to it takes the same lock), which the system releases when
+    the process ends, however it ends. (Where ``fcntl`` does not exist, Windows, there is no
+    lock.)"""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         return None
-    path = Path(f"{journal}-lock")
+    path = Path(f"{os.path.realpath(journal)}-lock")
     if not path.parent.is_dir():
         raise UsageProblem(f"cannot create the journal {journal}: the directory {path.parent} "
                            "does not exist")
@@ -311,6 +317,11 @@ async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progre
             await fake.stop()
     journal_error = None
     try:
+        stopped_by = report.stopped_by
+        if isinstance(stopped_by, BadRequestError):
+            # The server refused the envelope: the entries tried alone on the way were refused
+            # for it, not for themselves. They are sent again once the cause is fixed.
+            journal.retry_failures_like(str(stopped_by))
         if reader.complete and not reader.broken:
             journal.set_total(reader.yielded + reader.skipped)
         journal.end_run(report, outcome)
@@ -319,7 +330,10 @@ async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progre
         journal_error = (
             f"the journal could not be closed ({exc}); the next run re-reads what it does not "
             "hold, so nothing is lost, but records in flight may be sent twice")
-        after = before
+        try:
+            after = journal.state()  # (reading may still work)
+        except sqlite3.Error:
+            after = before
     return _result(job, journal, report, outcome, error, after, resent, reader, resumed,
                    fake is not None, journal_error)
 
@@ -564,6 +578,11 @@ def _resume_command(job: IngestJob) -> str:
         words += ["--csv-delimiter", job.csv_delimiter]
     if job.dead_letter is not None:
         words += ["--dead-letter", str(job.dead_letter)]
+    c = job.credentials  # (not the secrets: the key and the group key come from where they did)
+    for flag, value in (("--username", c.username), ("--auth-url", c.auth_url),
+                        ("--ingest-url", c.ingest_url)):
+        if value is not None and not job.sandbox:
+            words += [flag, value]
     if job.sandbox:
         words.append("--sandbox")
         if job.no_limits:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ __all__ = [
 logger = logging.getLogger("pangocdp_async.cli")
 
 SCHEMA = 1
+# What varies between two refusals for the same reason: numbers, and ids.
+_VARYING = re.compile(r"[0-9A-Fa-f]{8}(?:-?[0-9A-Fa-f]{4,})*|\d+")
 _LEFTOVER_SLOT = 1 << 40  # the row of what earlier runs left unconfirmed (senders use 0...)
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -130,7 +133,7 @@ class Journal:
                 self._db = sqlite3.connect(self.path, isolation_level=None)
             tables = {name for (name,) in self._db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if existed and "meta" not in tables:
+            if existed and tables and not _is_journal(self._db, tables):
                 self._db.close()
                 raise JobMismatch(f"{self.path} is not a pangocdp job journal (a SQLite file "
                                   "with other tables: it is left as it is)")
@@ -405,8 +408,7 @@ class Journal:
         try:
             self.commit()
         except sqlite3.Error as exc:  # (raised at the next dispatch: the run stops)
-            self.error = exc
-            logger.error("cannot write the job journal %s: %s", self.path, exc)
+            self.error = exc  # (said once, by the run that stops for it)
 
     def commit(self) -> None:
         """Make everything heard so far durable."""
@@ -461,6 +463,23 @@ class Journal:
         else:
             self._outage = 0
 
+    def retry_failures_like(self, message: str) -> int:
+        """This run's failures whose message is ``message`` but for numbers and ids (entries
+        tried alone while the server refused the envelope, not the records): unsettled, to be
+        sent again once the cause is fixed. Returns how many."""
+        self.commit()
+        pattern = _VARYING.sub("#", message)
+        keys = [key for key, text in self._db.execute(
+            "SELECT key, message FROM failures WHERE run = ? AND retry = 0", (self._run,))
+            if _VARYING.sub("#", text) == pattern]
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE failures SET retry = 1 WHERE key = ?",
+                                 [(k,) for k in keys])
+            self._db.executemany("DELETE FROM done WHERE lo = ? AND hi = ? AND outcome = 'f'",
+                                 [(k, k) for k in keys])
+        return len(keys)
+
     def where(self, key: int) -> tuple[str, int, str]:
         """The file, line (or item) and ``file:line`` label of a key."""
         index, line = split_key(key)
@@ -493,6 +512,17 @@ class Journal:
             self.commit()
         finally:
             self._db.close()
+
+
+def _is_journal(db: sqlite3.Connection, tables: set[str]) -> bool:
+    """Whether an existing SQLite file is a journal (checked before anything is written)."""
+    if not {"meta", "done", "sent", "failures", "runs"} <= tables:
+        return False
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.Error:
+        return False
+    return row is not None
 
 
 def refuses_the_record(error: PangoCDPError) -> bool:
