@@ -169,7 +169,7 @@ async def run_job(job: IngestJob, progress: Progress | None = None, *,
             return JobResult(EXIT_FAILED, "refused (--strict)",
                              {"outcome": "refused (--strict)", "first_bad_record": first_bad,
                               "sent": 0}, [])
-    fingerprints = [fingerprint(f.path) or {"path": "-"} for f in job.files]
+    fingerprints = [fingerprint(f.path) or {"path": f.path, "stream": True} for f in job.files]
     lock = _lock(job.job)
     try:
         journal = Journal(job.job)
@@ -184,9 +184,9 @@ async def run_job(job: IngestJob, progress: Progress | None = None, *,
             resumed = journal.bind(job.settings(), fingerprints, job.files, restart=job.restart)
         except JobMismatch as exc:
             raise UsageProblem(str(exc)) from None
-        if resumed and any(f.path == "-" for f in job.files):
-            logger.warning("resuming a job read from stdin: its records cannot be checked "
-                           "against the first run's; give the same input")
+        if resumed and any(is_stream(f.path) for f in job.files):
+            logger.warning("resuming a job read from stdin or a pipe: its records cannot be "
+                           "checked against the first run's; give the same input")
         dead_letter = None
         if job.dead_letter is not None:
             try:
