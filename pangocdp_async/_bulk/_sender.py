@@ -27,7 +27,8 @@ from .._retry import Decision, RetryPolicy, backoff_delay, decide
 from .._stats import StatsRecorder
 from ._ledger import Ledger, SenderState
 
-__all__ = ["ENVELOPE_REFUSALS_TO_STOP", "BatchSender", "RunRefused", "SendBody", "Stopped"]
+__all__ = ["ENVELOPE_REFUSALS_TO_STOP", "BatchSender", "RunRefused", "SendBody", "Stopped",
+           "reason_of"]
 
 logger = logging.getLogger("pangocdp_async")
 
@@ -282,9 +283,15 @@ def _refused_for_good(error: PangoCDPError) -> bool:
 _VARYING = re.compile(r"[0-9A-Fa-f]{8}(?:-?[0-9A-Fa-f]{4,})*|\d+")
 
 
+def reason_of(message: str) -> str:
+    """A refusal's message with its numbers and ids blanked: two refusals for the same reason
+    have the same one."""
+    return _VARYING.sub("#", message)
+
+
 def _alike(error: PangoCDPError, first: BadRequestError) -> bool:
     """Another 400 for the same reason (the same error code, the same message but for numbers
     and ids), naming no entry."""
     return (isinstance(error, BadRequestError) and error.error_code == first.error_code
-            and _VARYING.sub("#", error.message or "") == _VARYING.sub("#", first.message or "")
+            and reason_of(error.message or "") == reason_of(first.message or "")
             and _ENTRY_INDEX.search(error.message or "") is None)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import IO, Any
 import orjson
 
 from .._batching import Batch
+from .._bulk._sender import reason_of
 from .._exceptions import (
     APIStatusError,
     AuthenticationError,
@@ -59,8 +59,6 @@ __all__ = [
 logger = logging.getLogger("pangocdp_async.cli")
 
 SCHEMA = 1
-# What varies between two refusals for the same reason: numbers, and ids.
-_VARYING = re.compile(r"[0-9A-Fa-f]{8}(?:-?[0-9A-Fa-f]{4,})*|\d+")
 _LEFTOVER_SLOT = 1 << 40  # the row of what earlier runs left unconfirmed (senders use 0...)
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -468,10 +466,10 @@ class Journal:
         tried alone while the server refused the envelope, not the records): unsettled, to be
         sent again once the cause is fixed. Returns how many."""
         self.commit()
-        pattern = _VARYING.sub("#", message)
+        pattern = reason_of(message)
         keys = [key for key, text in self._db.execute(
             "SELECT key, message FROM failures WHERE run = ? AND retry = 0", (self._run,))
-            if _VARYING.sub("#", text) == pattern]
+            if reason_of(text) == pattern]
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("UPDATE failures SET retry = 1 WHERE key = ?",
