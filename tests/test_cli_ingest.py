@@ -441,6 +441,8 @@ def test_the_envelope_options_reach_the_server(tmp_path: Path, threaded_fake: Fa
     assert result.exit_code == 0, result.output
     requests = server.call(lambda: list(server.fake.requests))
     assert [r.init_data for r in requests] == [True]
+    assert requests[0].envelope == {"objectType": "order", "source": "POS", "jeConfigId": "cfg",
+                                    "jeEventKey": "evt", "ignoredUpdateCfs": ["customField01"]}
 
 
 def test_help_on_every_command_has_examples() -> None:

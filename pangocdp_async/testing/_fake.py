@@ -74,6 +74,8 @@ class FakeRequest:
     outcome: str  # "accepted", "rate-limited", "unauthorized", "invalid", "fault", "dropped"
     init_data: bool | None = None
     size: int | None = None  # body bytes, for requests whose body was read
+    #: The envelope as sent (objectType, source and the optional fields), for accepted ones.
+    envelope: dict[str, Any] | None = None
 
 
 class FakePangoCDP:
@@ -364,16 +366,17 @@ class FakePangoCDP:
             self._log(arrived, 0, len(body.entries), "dropped")
             return _drop(request)
         self._log(arrived, 200, len(body.entries), "accepted", init_flag == "true",
-                  request.content_length)
+                  request.content_length,
+                  body.model_dump(by_alias=True, exclude_none=True, exclude={"entries"}))
         return web.json_response(
             {"success": True, "requestId": uuid.uuid4().hex}, headers=headers, dumps=_dumps
         )
 
     def _log(
         self, at: float, status: int, entries: int, outcome: str, init: bool | None = None,
-        size: int | None = None,
+        size: int | None = None, envelope: dict[str, Any] | None = None,
     ) -> None:
-        request = FakeRequest(at, status, entries, outcome, init, size)
+        request = FakeRequest(at, status, entries, outcome, init, size, envelope)
         self.outcomes[outcome] += 1
         if self.keep_requests:
             self.requests.append(request)
