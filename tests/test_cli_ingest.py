@@ -907,3 +907,17 @@ def test_a_database_with_a_meta_table_is_left_alone(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "not a pangocdp job journal" in result.output
     assert other.read_bytes() == before
+
+
+def test_no_limits_lifts_the_windows_in_the_sandbox(tmp_path: Path) -> None:
+    """120 requests: paced by the documented windows they need at least 2.2 s (50, then 50
+    after 1.1 s, then 20 after 2.2 s); with --no-limits nothing holds them back."""
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 6_000)
+    result = ingest(base_args(path, tmp_path / "job.sqlite", "--sandbox", "--no-limits",
+                              "--json"))
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.output)
+    assert summary["run"]["requests"] == 120
+    assert summary["run"]["elapsed_s"] < 2.0
+    assert "--no-limits" in summary["resume_command"]
