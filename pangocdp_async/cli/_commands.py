@@ -372,8 +372,8 @@ def _validate(inputs: list[InputFile], encoder: EntryEncoder, batch_size: int,
 @click.option("--policy", type=click.Choice(["sliding", "token-bucket"]), default="sliding",
               show_default=True, help="How the client models the quota.")
 @click.option("--already-sent-today", type=click.IntRange(0), default=0, metavar="M",
-              help="Records this account already sent in the last 24 hours (taken as sent "
-                   "just now: the worst case).")
+              help="Records this account already sent in the last 24 hours, counted in "
+                   "requests of --batch-size (taken as sent just now: the worst case).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_ENTRIES_PER_REQUEST),
               default=MAX_ENTRIES_PER_REQUEST, show_default=True, help="Records per request.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
