@@ -63,10 +63,6 @@ class KeyQueue:
     def take_one(self) -> int:
         return self.take(1)[0]
 
-    def clear(self) -> None:
-        self._items.clear()
-        self._head = 0
-
 
 class Accumulator:
     """Cuts encoded records into batches of at most ``batch_size`` entries and, if set,

@@ -483,15 +483,6 @@ class Reader:
                 return
             yield self._emit(key, BadRecord(name, item + 1, reason, item=True))
             return
-        if item == 0 and not is_stream(spec.path):
-            # (ijson yields nothing for a top-level object or scalar: say so)
-            stream_kind = _top_level_kind(spec)
-            if stream_kind not in ("array", "empty"):
-                key = base | 1
-                if key not in skip:
-                    yield self._emit(key, BadRecord(
-                        name, 1, f"a JSON input must be an array of objects, got "
-                        f"{stream_kind}", item=True))
 
 
 _NOT_UTF8 = "bytes that are not UTF-8"
@@ -595,23 +586,6 @@ def _json_reason(line: bytes, exc: orjson.JSONDecodeError) -> str:
         if word in line:
             return f"not valid JSON: {word.decode()} is not a JSON number ({exc})"
     return f"not valid JSON ({exc})"
-
-
-def _top_level_kind(spec: InputFile) -> str:
-    try:
-        stream = _open_binary(spec)
-    except InputError:
-        return "nothing"
-    try:
-        head = stream.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
-    except Exception:
-        return "nothing"
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    if not head:
-        return "empty"
-    return {ord("["): "array", ord("{"): "an object"}.get(head[0], "something else")
 
 
 def count_lines(spec: InputFile) -> int | None:
