@@ -72,3 +72,16 @@ def test_format_duration() -> None:
     assert format_duration(1.25) == "1.2 s"
     assert format_duration(28_169.3) == "7 h 49 min 29 s"
     assert format_duration(107_377.1) == "1 d 5 h 49 min"
+
+
+def test_the_bar_names_the_longest_window_that_held_sends_back() -> None:
+    """Between the minute window's waits the per-second one binds too: the bar says the
+    minute (the longest window seen binding in the last minute), not whichever came last."""
+    from pangocdp_async import QuotaScheduler, RateLimit
+    from pangocdp_async.cli._job import _Watcher
+    from pangocdp_async.cli._journal import Settled
+
+    watcher = _Watcher(QuotaScheduler(), 50, None, Settled(0, 0, 0, 0, None), None)
+    assert watcher.binding() is None
+    watcher._binding = [(0.0, RateLimit(1000, 60.0)), (0.5, RateLimit(50, 1.0))]
+    assert watcher.binding() == RateLimit(1000, 60.0)
