@@ -21,7 +21,18 @@ from ._exceptions import (
     ServerError,
     UnsuccessfulResponseError,
 )
-from ._limiter import Policy, QuotaScheduler, QuotaStore, Reservation, SQLiteQuotaStore
+from ._limiter import (
+    Policy,
+    QuotaBackendError,
+    QuotaConfigError,
+    QuotaScheduler,
+    QuotaStore,
+    RedisQuotaBackend,
+    Reservation,
+    SharedQuotaScheduler,
+    SQLiteQuotaBackend,
+    SQLiteQuotaStore,
+)
 from ._results import (
     ClientStats,
     InDoubtRecord,
@@ -50,6 +61,8 @@ __all__ = [
     "PangoCDPError",
     "PipelineError",
     "Policy",
+    "QuotaBackendError",
+    "QuotaConfigError",
     "QuotaScheduler",
     "QuotaStore",
     "QuotaWaitError",
@@ -59,11 +72,14 @@ __all__ = [
     "RecordFailure",
     "RecordSourceError",
     "RedirectError",
+    "RedisQuotaBackend",
     "RequestValidationError",
     "Reservation",
     "RetryPolicy",
+    "SQLiteQuotaBackend",
     "SQLiteQuotaStore",
     "ServerError",
+    "SharedQuotaScheduler",
     "Transport",
     "UnsentRecord",
     "UnsuccessfulResponseError",

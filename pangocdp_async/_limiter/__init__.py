@@ -1,16 +1,27 @@
-"""The quota scheduler: policies (``_windows``), the FIFO of slots (``_scheduler``) and
-persistence (``_store``)."""
+"""The quota schedulers: policies (``_windows``), the local FIFO of slots (``_scheduler``),
+persistence (``_store``), and one quota shared by many processes (``_shared``, the backends'
+contract in ``_backend``, ``_sqlite`` on one host, ``_redis`` across hosts)."""
 
+from ._backend import QuotaBackend, QuotaBackendError, QuotaConfigError
+from ._redis import RedisQuotaBackend
 from ._scheduler import Policy, QuotaScheduler, Reservation
+from ._shared import SharedQuotaScheduler
+from ._sqlite import SQLiteQuotaBackend
 from ._store import QuotaStore, SQLiteQuotaStore
 from ._windows import SlidingWindow, TokenBucketWindow
 
 __all__ = [
     "Policy",
+    "QuotaBackend",
+    "QuotaBackendError",
+    "QuotaConfigError",
     "QuotaScheduler",
     "QuotaStore",
+    "RedisQuotaBackend",
     "Reservation",
+    "SQLiteQuotaBackend",
     "SQLiteQuotaStore",
+    "SharedQuotaScheduler",
     "SlidingWindow",
     "TokenBucketWindow",
 ]
