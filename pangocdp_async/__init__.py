@@ -22,6 +22,7 @@ from ._exceptions import (
     UnsuccessfulResponseError,
 )
 from ._limiter import (
+    Limiter,
     Policy,
     QuotaBackendError,
     QuotaConfigError,
@@ -32,6 +33,7 @@ from ._limiter import (
     SharedQuotaScheduler,
     SQLiteQuotaBackend,
     SQLiteQuotaStore,
+    limiter_from_spec,
 )
 from ._results import (
     ClientStats,
@@ -56,6 +58,7 @@ __all__ = [
     "IngestReport",
     "IngestResult",
     "IngestStream",
+    "Limiter",
     "Margin",
     "PangoCDPClient",
     "PangoCDPError",
@@ -83,6 +86,7 @@ __all__ = [
     "Transport",
     "UnsentRecord",
     "UnsuccessfulResponseError",
+    "limiter_from_spec",
 ]
 __version__ = "0.1.0.dev0"
 

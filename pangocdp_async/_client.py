@@ -35,7 +35,7 @@ from ._constants import (
     MAX_ENTRIES_PER_REQUEST,
 )
 from ._exceptions import APIConnectionError, AuthenticationError, RateLimitedError
-from ._limiter import QuotaScheduler
+from ._limiter import Limiter, QuotaScheduler, SharedQuotaScheduler, limiter_from_spec
 from ._responses import error_for, parse_body, parse_remaining, request_id_of
 from ._results import ClientStats, IngestReport, IngestResult
 from ._retry import RetryPolicy
@@ -68,8 +68,12 @@ class PangoCDPClient:
     ``PANGOCDP_USERNAME``, ``PANGOCDP_API_KEY``, ``PANGOCDP_GROUP_KEY``, ``PANGOCDP_AUTH_URL`` and
     ``PANGOCDP_INGEST_URL``. A static ``token`` (with ``api_key``) skips the auth call.
 
-    ``limiter`` shares one scheduler (one quota) between clients; otherwise the client makes its
-    own from ``rate_limits`` (an empty sequence turns pacing off). ``retry`` is the default
+    ``limiter`` shares one quota: a :class:`QuotaScheduler` between clients of one process, a
+    :class:`SharedQuotaScheduler` between processes, or a text the client turns into one it
+    owns: ``"sqlite:PATH"`` (the processes of one host), ``"redis://HOST:PORT/DB"`` (any number
+    of hosts), ``"local"``; a shared quota is named after a hash of the API key. Otherwise the
+    client makes its own local scheduler from ``rate_limits`` (an empty sequence turns pacing
+    off). ``retry`` is the default
     :class:`RetryPolicy` of the bulk calls. ``transport`` replaces HTTP altogether (tests,
     benchmarks); ``clock`` is the monotonic clock used for token expiry.
 
@@ -89,7 +93,7 @@ class PangoCDPClient:
         rate_limits: Sequence[RateLimit] = DOCUMENTED_LIMITS,
         timeout: float | aiohttp.ClientTimeout = DEFAULT_TIMEOUT_S,
         session: aiohttp.ClientSession | None = None,
-        limiter: QuotaScheduler | None = None,
+        limiter: Limiter | str | None = None,
         transport: Transport | None = None,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -128,10 +132,12 @@ class PangoCDPClient:
             flag: URL(self.ingest_url).update_query(initData="true" if flag else "false")
             for flag in (False, True)
         }
-        if limiter is not None and rate_limits is not DOCUMENTED_LIMITS:
-            raise ValueError("pass either limiter= or rate_limits=, not both")
-        if limiter is not None and not isinstance(limiter, QuotaScheduler):
-            raise TypeError(f"limiter must be a QuotaScheduler, got {type(limiter).__name__}")
+        if limiter is not None and not isinstance(limiter, str) \
+                and rate_limits is not DOCUMENTED_LIMITS:
+            raise ValueError("pass either a limiter object or rate_limits=, not both")
+        if limiter is not None and not isinstance(limiter, (str, Limiter)):
+            raise TypeError(f"limiter must be a QuotaScheduler, a SharedQuotaScheduler or a "
+                            f"quota spec such as 'sqlite:PATH', got {type(limiter).__name__}")
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise TypeError(f"session must be an aiohttp.ClientSession, got "
                             f"{type(session).__name__}")
@@ -139,14 +145,26 @@ class PangoCDPClient:
             raise TypeError(f"transport must have an async post(), got {type(transport).__name__}")
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
-        self.limiter = limiter if limiter is not None else QuotaScheduler(rate_limits)
-        self._owns_limiter = limiter is None
         if isinstance(timeout, aiohttp.ClientTimeout):
             self._timeout = timeout
         else:
             # (nan would mean no timeout at all, inf an OverflowError at request time)
             self._timeout = aiohttp.ClientTimeout(
                 total=check_seconds("timeout", timeout, allow_zero=False))
+        if isinstance(limiter, str):
+            limiter = limiter_from_spec(limiter, rate_limits)
+            self._owns_limiter = True
+        else:
+            self._owns_limiter = limiter is None
+        self.limiter: Limiter = limiter if limiter is not None else QuotaScheduler(rate_limits)
+        if isinstance(self.limiter, SharedQuotaScheduler):
+            total = self._timeout.total
+            if total is None or total >= self.limiter.lease_ttl:
+                raise ValueError(
+                    f"the shared quota's lease_ttl ({self.limiter.lease_ttl:g} s) must be longer "
+                    f"than the request timeout ({total} s): a send still unanswered when its "
+                    "lease ends is counted as answered then")
+        self.limiter.bind_credential(api_key)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         #: The default retry policy of ``ingest_many`` and ``stream``; its ``time_budget_s``
@@ -161,6 +179,7 @@ class PangoCDPClient:
         self._clock = clock
         self._tokens: TokenSource | None = None
         self._stats = StatsRecorder(clock)
+        self._stats.limiter = self.limiter
         self._headers: dict[str, str] = {}
         #: The report of the latest ``ingest_many`` run, also when it was cancelled.
         self.last_report: IngestReport | None = None
@@ -219,6 +238,10 @@ class PangoCDPClient:
         """
         if self._owns_limiter:
             await self.limiter.close()
+        elif isinstance(self.limiter, SharedQuotaScheduler):
+            # Completions still on their way to a shared backend: without them, the slots stay
+            # held by this process's leases until the leases end.
+            await self.limiter.flush(timeout=2.0)
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None

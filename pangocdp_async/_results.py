@@ -142,3 +142,9 @@ class ClientStats:
     records_per_s: float
     latency_p50_s: float | None
     latency_p99_s: float | None
+    #: Where the quota is kept: "local", "sqlite" or "redis".
+    quota_backend: str = "local"
+    #: Operations on the shared quota's backend that failed (each was retried).
+    quota_backend_errors: int = 0
+    #: The shared quota's backend is not answering: sends wait (or use a local share).
+    quota_backend_down: bool = False

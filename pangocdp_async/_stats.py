@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from ._constants import LATENCY_SAMPLES
 from ._results import ClientStats
@@ -22,6 +23,7 @@ class StatsRecorder:
         "accepted",
         "by_class",
         "in_flight",
+        "limiter",
         "queue_depth",
         "rate_limited",
         "retries",
@@ -38,6 +40,8 @@ class StatsRecorder:
         self.accepted = 0
         #: Functions that report the depth of each running pipeline's queue.
         self.queue_depth: set[Callable[[], int]] = set()
+        #: The client's limiter, for the quota backend's health.
+        self.limiter: Any = None
 
     def started(self) -> None:
         if self._first is None:
@@ -75,4 +79,13 @@ class StatsRecorder:
             records_per_s=self.accepted / elapsed if elapsed > 0 else 0.0,
             latency_p50_s=pct(0.50),
             latency_p99_s=pct(0.99),
+            **self._quota(),
         )
+
+    def _quota(self) -> dict[str, Any]:
+        limiter = self.limiter
+        if limiter is None:
+            return {}
+        return {"quota_backend": limiter.backend_name,
+                "quota_backend_errors": limiter.backend_errors,
+                "quota_backend_down": limiter.backend_down_since is not None}

@@ -52,6 +52,9 @@ def test_public_names_are_exactly_these() -> None:
         "ClientStats", "InDoubtRecord", "IngestReport", "IngestStream", "PipelineError",
         "RecordFailure",
         "RecordSourceError", "RetryPolicy", "UnsentRecord",
+        # one quota for many processes
+        "Limiter", "QuotaBackendError", "QuotaConfigError", "RedisQuotaBackend",
+        "SQLiteQuotaBackend", "SharedQuotaScheduler", "limiter_from_spec",
     }
 
 

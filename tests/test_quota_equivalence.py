@@ -91,10 +91,9 @@ async def _walk(backend: QuotaBackend, local: QuotaScheduler, clock: ManualClock
         elif roll < 0.86:
             hint = rng.choice((None, 0.0, 1.0, 3.0))
             by = leases[-1][0] if leases and rng.random() < 0.5 else None
-            stamp = None if by is None else by.stamp
             local.on_rate_limited(hint, by)
             pause = (0.0 if hint is None else hint) + local.retry_after_pad
-            await backend.rate_limited(stamp, pause)
+            await backend.rate_limited(None if by is None else by.stamp, pause)
             seen["429"] += 1
         else:
             model = min(w.remaining(clock.now) for w in local._windows) - local.in_flight

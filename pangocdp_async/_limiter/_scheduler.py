@@ -180,6 +180,16 @@ class QuotaScheduler:
         self.reservations = 0
         self.rate_limited = 0
         self.tightened = 0
+        #: (The shared scheduler's; a local one has no backend to lose.)
+        self.backend_errors = 0
+        self.backend_down_since: float | None = None
+
+    @property
+    def backend_name(self) -> str:
+        return "local"
+
+    def bind_credential(self, api_key: str) -> None:
+        """Nothing to do: a local scheduler's quota is its own."""
 
     # --- time ---------------------------------------------------------------------------
     def now(self) -> float:

@@ -465,11 +465,18 @@ class SharedQuotaScheduler:
         assert future is not None
         await future
 
-    async def flush(self) -> None:
-        """Wait until the backend has applied every operation made so far."""
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the backend has applied every operation made so far (at most ``timeout``
+        seconds); returns whether it has. Nothing to do before the first operation."""
+        if self._worker is None or self._worker.done() and not self._ops:
+            return True
         future = self._submit("flush", _nothing, wait=True)
         assert future is not None
-        await future
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Fail queued waiters with CancelledError, apply pending operations (for up to
