@@ -52,7 +52,8 @@ def _worker(options: dict[str, Any]) -> dict[str, Any]:
         backend = SQLiteQuotaBackend(quota[len("sqlite:"):],
                                      lock_timeout=options.get("lock_timeout", 2.0))
     else:
-        backend = RedisQuotaBackend(quota, timeout=options.get("backend_timeout", 1.0))
+        backend = RedisQuotaBackend(quota, timeout=options.get("backend_timeout", 1.0),
+                                    prefix=options.get("prefix", "pangocdp:quota"))
     limits = [RateLimit(c, p) for c, p in options["limits"]]
     limiter: Limiter
     if quota == "local":  # the control: each process paces alone

@@ -118,11 +118,12 @@ class RedisQuotaBackend:
         self._secrets = self._secrets_of(url) if client is None else []
         self._owns_client = client is None
         self._response_error: type[Exception] = errors.ResponseError
-        # Unreachable, timed out, or not serving yet: the shared scheduler waits and retries.
+        # Unreachable, timed out, or not serving for now (loading, failing over, out of
+        # memory): the shared scheduler waits and retries.
         self._transient: tuple[type[BaseException], ...] = (
             errors.ConnectionError, errors.TimeoutError, errors.BusyLoadingError,
             errors.ReadOnlyError, errors.TryAgainError, errors.ClusterDownError,
-            TimeoutError, asyncio.TimeoutError, OSError)
+            errors.OutOfMemoryError, TimeoutError, asyncio.TimeoutError, OSError)
 
         def make() -> redis.asyncio.Redis:
             return aioredis.Redis.from_url(
@@ -167,6 +168,15 @@ class RedisQuotaBackend:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    def _names_secret(self, exc: BaseException) -> bool:
+        text = str(exc)
+        return self._scrub(text) != text
+
+    def _unavailable(self, exc: BaseException) -> QuotaBackendError:
+        """The error the shared scheduler waits out (never naming a password)."""
+        return QuotaBackendError(
+            f"Redis quota backend {self._shown}: {type(exc).__name__}: {self._scrub(str(exc))}")
 
     def __repr__(self) -> str:
         return f"RedisQuotaBackend({self._shown})"
@@ -216,14 +226,11 @@ class RedisQuotaBackend:
         try:
             reply = await script(keys=keys, args=(op, now, epoch, *self._static, *args))
         except self._transient as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            clean = self._scrub(text)
-            error = QuotaBackendError(f"Redis quota backend {self._shown}: {clean}")
-            if clean != text:
-                raise error from None  # the original names a secret: leave it out
-            raise error from exc
+            raise self._unavailable(exc) from (None if self._names_secret(exc) else exc)
         except self._response_error as exc:
             message = str(exc)
+            if message.startswith("BUSY "):  # another client's script is running long
+                raise self._unavailable(exc) from None
             if message.startswith(_MISMATCH):
                 stored = message[len(_MISMATCH):]
                 raise QuotaConfigError(

@@ -468,7 +468,7 @@ class SharedQuotaScheduler:
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until the backend has applied every operation made so far (at most ``timeout``
         seconds); returns whether it has. Nothing to do before the first operation."""
-        if self._worker is None or self._worker.done() and not self._ops:
+        if self._worker is None or (self._worker.done() and not self._ops):
             return True
         future = self._submit("flush", _nothing, wait=True)
         assert future is not None

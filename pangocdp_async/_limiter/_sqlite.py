@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._validate import check_seconds
 from ._backend import QuotaBackendError, QuotaConfig, QuotaConfigError, WindowConfig
 
 __all__ = ["SQLiteQuotaBackend"]
@@ -383,14 +384,20 @@ class SQLiteQuotaBackend:
     ``lock_timeout``: how long one operation waits for another process's transaction before the
     backend counts as unavailable (the scheduler then waits and retries; it never sends
     unpaced). ``clock`` (epoch seconds) is for tests: every process must read the same clock.
+    ``threaded=False`` runs each transaction on the event loop instead of a worker thread (for
+    tests on virtual time; a lock then holds the loop for up to ``lock_timeout``).
     """
 
     name = "sqlite"
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, threaded: bool = True) -> None:
+        check_seconds("lock_timeout", lock_timeout)
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
         self.path = Path(path)
         self.lock_timeout = float(lock_timeout)
+        self.threaded = bool(threaded)
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._ns = "default"
@@ -442,6 +449,8 @@ class SQLiteQuotaBackend:
             return result
 
     async def _call(self, op: Callable[[_Txn], _T]) -> _T:
+        if not self.threaded:
+            return self._run(op)
         return await asyncio.to_thread(self._run, op)
 
     async def reserve(self, lease_ttl: float) -> tuple[float, int | None, float]:

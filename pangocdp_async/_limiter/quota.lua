@@ -76,6 +76,13 @@ local meta_key, leases_key = KEYS[1], KEYS[2]
 local raw = redis.call('HGETALL', meta_key)
 local m = {}
 for i = 1, #raw, 2 do m[raw[i]] = raw[i + 1] end
+local loaded = {} -- field -> the number read (nil: absent), so only changes are written back
+local function get(field, default)
+  local x = num(m[field], nil)
+  loaded[field] = x
+  if x == nil then return default end
+  return x
+end
 
 local epoch, drained, paused_until, pause_started, level, ramp
 local next_lease, reservations, rate_limited, tightened
@@ -101,16 +108,16 @@ else
   if m.config ~= signature then
     return redis.error_reply('ERR PANGOCDP_CONFIG_MISMATCH ' .. m.config)
   end
-  epoch = tonumber(m.epoch)
-  drained = num(m.drained, 0)
-  paused_until = num(m.paused_until, NEG_INF)
-  pause_started = num(m.pause_started, NEG_INF)
-  level = num(m.level, 0)
-  ramp = num(m.ramp, INF)
-  next_lease = num(m.next_lease, 0)
-  reservations = num(m.reservations, 0)
-  rate_limited = num(m.rate_limited, 0)
-  tightened = num(m.tightened, 0)
+  epoch = get('epoch', 0)
+  drained = get('drained', 0)
+  paused_until = get('paused_until', NEG_INF)
+  pause_started = get('pause_started', NEG_INF)
+  level = get('level', 0)
+  ramp = get('ramp', INF)
+  next_lease = get('next_lease', 0)
+  reservations = get('reservations', 0)
+  rate_limited = get('rate_limited', 0)
+  tightened = get('tightened', 0)
   lost = known_epoch ~= '' and tonumber(known_epoch) ~= epoch and drained == 0
 end
 
@@ -118,19 +125,21 @@ for i = 1, nwin do
   local j = tostring(i - 1)
   local a = 11 + 3 * (i - 1)
   local cap, span, res = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local names = { cum = 'c' .. j, base = 'b' .. j, top = 'top' .. j, fill_at = 'fa' .. j,
+                  fill_cum = 'fc' .. j, tokens = 'tk' .. j, t = 't' .. j, filled = 'f' .. j }
   windows[i] = {
-    j = j, cap = cap, span = span, res = res,
+    names = names, cap = cap, span = span, res = res,
     step = span / cap, rate = cap / span,
     zkey = KEYS[1 + 2 * i], nkey = KEYS[2 + 2 * i],
-    changed = m['c' .. j] == nil,
-    cum = num(m['c' .. j], 0),
-    base = num(m['b' .. j], 0),
-    top = num(m['top' .. j], nil),
-    fill_at = num(m['fa' .. j], NEG_INF),
-    fill_cum = num(m['fc' .. j], 0),
-    tokens = num(m['tk' .. j], cap),
-    t = num(m['t' .. j], NEG_INF),
-    filled = m['f' .. j] == '1',
+    changed = m[names.cum] == nil,
+    cum = get(names.cum, 0),
+    base = get(names.base, 0),
+    top = get(names.top, nil),
+    fill_at = get(names.fill_at, NEG_INF),
+    fill_cum = get(names.fill_cum, 0),
+    tokens = get(names.tokens, cap),
+    t = get(names.t, NEG_INF),
+    filled = m[names.filled] == '1',
   }
 end
 
@@ -431,44 +440,48 @@ end
 
 -- --- write back what changed -----------------------------------------------------------------
 local hset, hdel = {}, {}
-local function put(field, value)
-  if value ~= m[field] then
-    if value == nil then
-      if m[field] ~= nil then hdel[#hdel + 1] = field end
-    else
-      hset[#hset + 1] = field
-      hset[#hset + 1] = value
-    end
+local ALWAYS = false -- (never a value: the field is always stored)
+-- `x` into `field`, stored as an absent field when it is `absent` (the NULL of the SQLite
+-- table: -inf, inf or none, by the field's meaning); formatted only when it changed.
+local function put(field, x, absent)
+  if x == absent then
+    if m[field] ~= nil then hdel[#hdel + 1] = field end
+  elseif x ~= loaded[field] then
+    hset[#hset + 1] = field
+    hset[#hset + 1] = fmt(x)
   end
 end
-local function opt(x) -- inf and -inf are kept as absent fields (the meaning of each says which)
-  if x == INF or x == NEG_INF then return nil end
-  return fmt(x)
-end
 
-put('config', signature)
-put('epoch', fmt(epoch))
-put('drained', fmt(drained))
-put('paused_until', opt(paused_until))
-put('pause_started', opt(pause_started))
-put('level', fmt(level))
-put('ramp', opt(ramp))
-put('next_lease', fmt(next_lease))
-put('reservations', fmt(reservations))
-put('rate_limited', fmt(rate_limited))
-put('tightened', fmt(tightened))
+if m.config ~= signature then
+  hset[#hset + 1] = 'config'
+  hset[#hset + 1] = signature
+end
+put('epoch', epoch, ALWAYS)
+put('drained', drained, ALWAYS)
+put('paused_until', paused_until, NEG_INF)
+put('pause_started', pause_started, NEG_INF)
+put('level', level, ALWAYS)
+put('ramp', ramp, INF)
+put('next_lease', next_lease, ALWAYS)
+put('reservations', reservations, ALWAYS)
+put('rate_limited', rate_limited, ALWAYS)
+put('tightened', tightened, ALWAYS)
 for i = 1, nwin do
   local w = windows[i]
   if w.changed then
-    local j = w.j
-    put('c' .. j, fmt(w.cum))
-    put('b' .. j, fmt(w.base))
-    if w.top == nil then put('top' .. j, nil) else put('top' .. j, fmt(w.top)) end
-    put('fa' .. j, opt(w.fill_at))
-    put('fc' .. j, fmt(w.fill_cum))
-    put('tk' .. j, fmt(w.tokens))
-    put('t' .. j, opt(w.t))
-    put('f' .. j, w.filled and '1' or '0')
+    local names = w.names
+    put(names.cum, w.cum, ALWAYS)
+    put(names.base, w.base, ALWAYS)
+    put(names.top, w.top, nil)
+    put(names.fill_at, w.fill_at, NEG_INF)
+    put(names.fill_cum, w.fill_cum, ALWAYS)
+    put(names.tokens, w.tokens, ALWAYS)
+    put(names.t, w.t, NEG_INF)
+    local filled = w.filled and '1' or '0'
+    if m[names.filled] ~= filled then
+      hset[#hset + 1] = names.filled
+      hset[#hset + 1] = filled
+    end
   end
 end
 if #hset > 0 then redis.call('HSET', meta_key, unpack(hset)) end
