@@ -921,3 +921,55 @@ def test_no_limits_lifts_the_windows_in_the_sandbox(tmp_path: Path) -> None:
     assert summary["run"]["requests"] == 120
     assert summary["run"]["elapsed_s"] < 2.0
     assert "--no-limits" in summary["resume_command"]
+
+
+# --- --quota -------------------------------------------------------------------------------------
+def test_quota_spec_shares_the_quota_through_a_file(tmp_path: Path, threaded_fake: Fakes) -> None:
+    server = threaded_fake(rate_limits=None)
+    path, job, quota = tmp_path / "orders.jsonl", tmp_path / "job.sqlite", tmp_path / "q.sqlite"
+    orders_file(path, 40)
+    result = ingest(base_args(path, job, "--batch-size", "10", "--quota", f"sqlite:{quota}"),
+                    env=server.env())
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(quota) as db:
+        (reservations,) = db.execute("SELECT reservations FROM pangocdp_quota_meta").fetchone()
+    assert reservations == 4  # every request took its slot from the shared file
+
+
+def test_an_unknown_quota_spec_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    orders_file(path, 3)
+    result = ingest(base_args(path, tmp_path / "job.sqlite", "--sandbox", "--quota",
+                              "memcached://u:hunter2@h"))
+    assert result.exit_code == 2
+    assert "unknown quota" in result.output
+    assert "hunter2" not in result.output
+
+
+@pytest.mark.slow
+def test_two_commands_with_one_quota_file_are_never_rejected(tmp_path: Path,
+                                                             threaded_fake: Fakes) -> None:
+    """Two `pangocdp ingest` processes at once against one server with the documented windows
+    (50 requests a second first): with --quota sqlite:PATH they pace as one (no 429) and every
+    record lands once. (Each alone would send 50 in its first second: 100 together; with
+    --quota local this test sees about 30 rejections.)"""
+    server = threaded_fake(refill="interval")
+    quota = tmp_path / "q.sqlite"
+    procs = []
+    ids: list[str] = []
+    for i in range(2):
+        path = tmp_path / f"part-{i}.jsonl"
+        records = [{**r, "orderId": f"{i}-{r['orderId']}"} for r in sample_orders(70)]
+        ids += [r["orderId"] for r in records]
+        path.write_bytes(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
+        procs.append(subprocess.Popen(  # noqa: S603 -- our own interpreter and module
+            [sys.executable, "-m", "pangocdp_async", "ingest",
+             *base_args(path, tmp_path / f"job-{i}.sqlite", "--batch-size", "1", "--quota",
+                        f"sqlite:{quota}", "--quiet")],
+            env={**os.environ, **server.env()}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE))
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    assert server.fake.outcomes["rate-limited"] == 0
+    assert sorted(accepted_ids(server)) == sorted(ids)

@@ -109,7 +109,6 @@ class RedisQuotaBackend:
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
-        self.url = url
         self.prefix = prefix
         self.timeout = float(timeout)
         self._clock = clock
@@ -162,11 +161,16 @@ class RedisQuotaBackend:
         if "@" in head:
             userinfo = head.rpartition("@")[0]
             found += [userinfo, userinfo.partition(":")[2]]
-        return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+        return sorted({s for s in found if s}, key=len, reverse=True)
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
+        """``text`` with every credential of the URL replaced by ``***``; all of it withheld
+        if a credential too short to replace safely appears in it."""
+        for secret in self._secrets:  # longest first
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+            elif secret in text:
+                return "(details withheld: they may name a credential)"
         return text
 
     def _names_secret(self, exc: BaseException) -> bool:
@@ -191,6 +195,8 @@ class RedisQuotaBackend:
         for i, w in enumerate(config.windows):
             keys += [f"{base}:w:{i}", f"{base}:n:{i}"]
             static += [str(int(w.capacity)), repr(float(w.span)), repr(float(w.resolution))]
+        if keys != self._keys:
+            self._epoch = None  # the epoch seen was another quota's
         self._keys = keys
         self._static = tuple(static)
         self._config = config

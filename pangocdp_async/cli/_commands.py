@@ -197,6 +197,10 @@ def cli() -> None:
 @click.option("--policy", type=click.Choice(["sliding", "token-bucket"]), default="sliding",
               show_default=True, help="How the quota is modeled (sliding is safe against any "
                                       "refill; token-bucket mirrors greedy refill).")
+@click.option("--quota", "quota", default="local", show_default=True, metavar="SPEC",
+              help="Where the API key's quota is kept, for several processes at once: 'local' "
+                   "(this process only), 'sqlite:PATH' (every process on this host that names "
+                   "PATH) or 'redis://HOST:PORT/DB' (every process on any host that names it).")
 @click.option("--sandbox", is_flag=True,
               help="Send to a FakePangoCDP started in this process (documented windows, test "
                    "credentials): try the tool with no account.")
@@ -228,7 +232,7 @@ def ingest(files: tuple[str, ...], object_type: str, source: str, je_config_id: 
            je_event_key: str | None, ignore_cf: tuple[str, ...], fmt: str | None,
            columns: tuple[str, ...], csv_delimiter: str, batch_size: int, init_data: bool,
            concurrency: int, job_path: Path | None, dead_letter: Path | None, policy: str,
-           sandbox: bool, no_limits: bool, strict: bool, restart: bool,
+           quota: str, sandbox: bool, no_limits: bool, strict: bool, restart: bool,
            shutdown_timeout: float, username: str | None, api_key: str | None,
            group_key: str | None, auth_url: str | None, ingest_url: str | None, quiet: bool,
            as_json: bool, verbose: int) -> None:
@@ -245,6 +249,8 @@ def ingest(files: tuple[str, ...], object_type: str, source: str, je_config_id: 
       pangocdp ingest 2026-*.jsonl.gz --object-type order --source POS --dead-letter bad.jsonl
       pangocdp ingest customers.csv --object-type customer-identity --source CRM \\
           --column points:int --json
+      pangocdp ingest part-1.jsonl --object-type order --source POS \\
+          --quota redis://quota.internal:6379/0     (one quota for every worker)
     """
     _setup_logging(verbose, quiet)
     _check_envelope(object_type, source, je_config_id, je_event_key, ignore_cf)
@@ -259,7 +265,7 @@ def ingest(files: tuple[str, ...], object_type: str, source: str, je_config_id: 
         init_data=init_data, je_config_id=je_config_id, je_event_key=je_event_key,
         ignore_cf=ignore_cf, concurrency=concurrency, batch_size=batch_size,
         policy=policy,  # type: ignore[arg-type]
-        dead_letter=dead_letter, sandbox=sandbox, no_limits=no_limits, strict=strict,
+        quota=quota, dead_letter=dead_letter, sandbox=sandbox, no_limits=no_limits, strict=strict,
         restart=restart, column_types=_column_types(columns), csv_delimiter=csv_delimiter,
         shutdown_timeout=shutdown_timeout, format=fmt,
         credentials=Credentials(username, api_key, group_key, auth_url, ingest_url),

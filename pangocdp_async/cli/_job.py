@@ -36,7 +36,7 @@ from .._constants import (
     ENV_USERNAME,
 )
 from .._exceptions import AuthenticationError, BadRequestError, PipelineError
-from .._limiter import QuotaScheduler, SQLiteQuotaStore
+from .._limiter import Limiter, QuotaScheduler, SQLiteQuotaStore, limiter_from_spec
 from .._results import IngestReport
 from ..testing import FakePangoCDP
 from ._dryrun import DryRun
@@ -92,6 +92,9 @@ class IngestJob:
     concurrency: int = DEFAULT_CONCURRENCY
     batch_size: int = 50
     policy: Policy = "sliding"
+    #: Where the quota is kept: "local" (this process; its state in the journal) or a shared
+    #: one ("sqlite:PATH", "redis://...").
+    quota: str = "local"
     dead_letter: Path | None = None
     sandbox: bool = False
     no_limits: bool = False
@@ -287,8 +290,16 @@ async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progre
         fake = FakePangoCDP(rate_limits=None if job.no_limits else DOCUMENTED_LIMITS,
                             keep_entries=False, keep_requests=False)
         await fake.start()
-    store = SQLiteQuotaStore(job.job, key="quota") if limits else None
-    scheduler = QuotaScheduler(limits, policy=job.policy, store=store)
+    scheduler: Limiter
+    store: SQLiteQuotaStore | None = None
+    if job.quota == "local" or not limits:
+        store = SQLiteQuotaStore(job.job, key="quota") if limits else None
+        scheduler = QuotaScheduler(limits, policy=job.policy, store=store)
+    else:
+        try:
+            scheduler = limiter_from_spec(job.quota, limits, policy=job.policy)
+        except (ValueError, ImportError) as exc:
+            raise UsageProblem(f"--quota: {exc}") from None
     try:
         try:
             client = PangoCDPClient(**_credentials(job, fake), limiter=scheduler)
@@ -378,7 +389,7 @@ async def _drive(coro: Any, watcher: _Watcher, install_signals: bool
 class _Watcher:
     """Feeds the display: counts after each batch, the binding window, the planner's ETA."""
 
-    def __init__(self, scheduler: QuotaScheduler, batch_size: int, total: int | None,
+    def __init__(self, scheduler: Limiter, batch_size: int, total: int | None,
                  before: Any, progress: Progress | None) -> None:
         self.scheduler = scheduler
         self.batch_size = batch_size
@@ -578,6 +589,8 @@ def _resume_command(job: IngestJob) -> str:
         words += ["--csv-delimiter", job.csv_delimiter]
     if job.dead_letter is not None:
         words += ["--dead-letter", str(job.dead_letter)]
+    if job.quota != "local":
+        words += ["--quota", job.quota.split("@")[-1] if "@" in job.quota else job.quota]
     c = job.credentials  # (not the secrets: the key and the group key come from where they did)
     for flag, value in (("--username", c.username), ("--auth-url", c.auth_url),
                         ("--ingest-url", c.ingest_url)):
