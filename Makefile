@@ -40,6 +40,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.cli
+	$(BIN)/python -m benchmarks.quota
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

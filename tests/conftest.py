@@ -114,3 +114,10 @@ def threaded_fake() -> Iterator[Callable[..., ThreadedFake]]:
     yield factory
     for server in made:
         server.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the Redis server the shared-quota tests may have started for this session."""
+    from .quota_servers import stop_session_server
+
+    stop_session_server()

@@ -289,5 +289,6 @@ class RedisQuotaBackend:
         loop, self._loop = self._loop, None
         if client is None or (loop is not None and loop is not asyncio.get_running_loop()):
             return  # never used here (nothing open), or its sockets died with their loop
+        closer = getattr(client, "aclose", None) or client.close  # aclose(): redis-py >= 5.0.1
         with contextlib.suppress(*self._transient):
-            await client.aclose()
+            await closer()

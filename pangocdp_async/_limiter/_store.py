@@ -28,8 +28,8 @@ class SQLiteQuotaStore:
     store only receives snapshots of it (every few dozen sends and on close), so two processes
     given the same file and key each believe they own the whole quota and overwrite each other's
     snapshots: together they can send twice what a window allows. Give each process its own key
-    (or file), and split the quota between processes with ``rate_limits`` if they must run at
-    once. The file can hold other tables.
+    (or file); for processes that run at once, share the quota with a
+    :class:`SharedQuotaScheduler` instead. The file can hold other tables.
     """
 
     def __init__(self, path: str | Path, *, key: str = "default") -> None:
