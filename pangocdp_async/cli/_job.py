@@ -285,11 +285,6 @@ async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progre
         total = None if any(c is None for c in counts) else sum(c or 0 for c in counts)
     limits: tuple[RateLimit, ...] = (
         () if job.no_limits else DOCUMENTED_LIMITS if job.limits is None else job.limits)
-    fake: FakePangoCDP | None = None
-    if job.sandbox:
-        fake = FakePangoCDP(rate_limits=None if job.no_limits else DOCUMENTED_LIMITS,
-                            keep_entries=False, keep_requests=False)
-        await fake.start()
     scheduler: Limiter
     store: SQLiteQuotaStore | None = None
     if job.quota == "local" or not limits:
@@ -300,6 +295,12 @@ async def _run(job: IngestJob, journal: Journal, resumed: bool, progress: Progre
             scheduler = limiter_from_spec(job.quota, limits, policy=job.policy)
         except (ValueError, ImportError) as exc:
             raise UsageProblem(f"--quota: {exc}") from None
+    # (the sandbox starts last: a bad --quota must not leave it listening)
+    fake: FakePangoCDP | None = None
+    if job.sandbox:
+        fake = FakePangoCDP(rate_limits=None if job.no_limits else DOCUMENTED_LIMITS,
+                            keep_entries=False, keep_requests=False)
+        await fake.start()
     try:
         try:
             client = PangoCDPClient(**_credentials(job, fake), limiter=scheduler)
