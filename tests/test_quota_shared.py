@@ -383,3 +383,24 @@ def test_the_lease_must_outlive_the_request_timeout(tmp_path: Path) -> None:
     limiter = SharedQuotaScheduler(_backend(tmp_path), LIMITS, lease_ttl=20.0)
     with pytest.raises(ValueError, match="lease_ttl"):
         PangoCDPClient(api_key="k", token="t", limiter=limiter, timeout=30.0)
+
+
+def test_a_backend_bound_to_another_quota_forgets_the_first_ones_record(tmp_path: Path) -> None:
+    """The record it remembers (to notice a lost quota) is of the first quota: moving to a
+    second one that exists must not be taken for a loss (which would model it full)."""
+    from pangocdp_async import Margin
+    from pangocdp_async._limiter._backend import QuotaConfig
+
+    async def main() -> list[int]:
+        config = QuotaConfig.build(tuple(LIMITS), "sliding", Margin())
+        other = _backend(tmp_path)
+        other.bind("b", config)
+        await other.usage()  # quota "b" exists, with its own record
+        backend = _backend(tmp_path)
+        backend.bind("a", config)
+        await backend.usage()
+        backend.bind("b", config)
+        _, used, _, _ = await backend.usage()
+        return used
+
+    assert _run(main()) == [0]

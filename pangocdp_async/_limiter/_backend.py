@@ -95,7 +95,8 @@ class QuotaConfig:
     def signature(self) -> str:
         """A short text every process compares: two configurations that pace differently
         never share one record."""
-        parts = [self.policy, "r" if self.count_rejected else "-"]
+        parts = [self.policy, "r" if self.count_rejected else "-",
+                 f"{self.lookback!r}/{self.ramp_up_to}/{self.episode!r}"]
         parts += [f"{w.capacity}/{w.period!r}/{w.span!r}" for w in self.windows]
         return ";".join(parts)
 

@@ -409,6 +409,8 @@ class SQLiteQuotaBackend:
         return f"SQLiteQuotaBackend({str(self.path)!r})"
 
     def bind(self, namespace: str, config: QuotaConfig) -> None:
+        if namespace != self._ns:
+            self._epoch = None  # (what it knew was of another quota)
         self._ns = namespace
         self._config = config
 
