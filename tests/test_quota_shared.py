@@ -404,3 +404,13 @@ def test_a_backend_bound_to_another_quota_forgets_the_first_ones_record(tmp_path
         return used
 
     assert _run(main()) == [0]
+
+
+def test_client_stats_say_when_the_shared_backend_is_down(tmp_path: Path) -> None:
+    limiter = SharedQuotaScheduler(_backend(tmp_path), LIMITS)
+    client = PangoCDPClient(api_key="k", token="t", limiter=limiter)
+    limiter.backend_errors = 3
+    limiter.backend_down_since = 12.0
+    stats = client.stats
+    assert (stats.quota_backend, stats.quota_backend_errors, stats.quota_backend_down) == (
+        "sqlite", 3, True)

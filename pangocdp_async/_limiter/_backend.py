@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .._config import Margin, RateLimit
-from .._constants import PAUSE_JITTER, RATE_LIMIT_EPISODE_S
+from .._constants import RATE_LIMIT_EPISODE_S
 from ._windows import BUCKETS_PER_WINDOW, EXACT_MAX_CAPACITY, LOOKBACK_MAX_S
 
 __all__ = ["QuotaBackend", "QuotaBackendError", "QuotaConfig", "QuotaConfigError",
@@ -115,11 +115,6 @@ class QuotaConfig:
 def namespace_for(api_key: str) -> str:
     """The name a quota is kept under for ``api_key``: a hash, never the key itself."""
     return hashlib.sha256(b"pangocdp-quota\0" + api_key.encode()).hexdigest()[:24]
-
-
-def pause_length(hint: float, pad: float, jitter: float) -> float:
-    """A 429's pause: the hint plus the pad, stretched by ``jitter`` (drawn in [0, 1))."""
-    return (hint + pad) * (1.0 + PAUSE_JITTER * jitter)
 
 
 class QuotaBackend(Protocol):

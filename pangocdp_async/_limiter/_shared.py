@@ -325,7 +325,7 @@ class SharedQuotaScheduler:
                 await turn  # the head wakes the next one when it leaves
             while True:
                 if self.backend_down_since is not None and self.on_backend_down == "local-share":
-                    return await self._reserve_locally(deadline - loop.time(), budget)
+                    return await self._reserve_locally(deadline - loop.time())
                 future = self._submit("reserve", lambda: self.backend.reserve(self.lease_ttl),
                                       wait=True)
                 assert future is not None
@@ -368,7 +368,7 @@ class SharedQuotaScheduler:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(changed.wait(), seconds)
 
-    async def _reserve_locally(self, left: float, budget: float) -> Reservation:
+    async def _reserve_locally(self, left: float) -> Reservation:
         local = self._local_share()
         r = await local.reserve(max_wait=None if left == _INF else max(0.0, left))
         self._seq += 1
