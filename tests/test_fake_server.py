@@ -148,7 +148,7 @@ async def test_fake_validates_requests(
     """Bad tokens get 401, bad envelopes 400, in the documented error shape."""
     async with aiohttp.ClientSession() as session:
         token = await _token(session, fake)
-        hdrs = {"TOKEN": headers.pop("TOKEN", token), **headers}
+        hdrs = {"TOKEN": token, **headers}
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         async with session.post(fake.ingest_url, data=data,
                                 headers={"API_KEY": "demo-api-key", **hdrs}) as resp:

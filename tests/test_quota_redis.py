@@ -247,7 +247,7 @@ async def test_a_client_of_the_callers_own_is_used_and_left_open() -> None:
         assert repr(backend) == "RedisQuotaBackend(client=Redis)"
         backend.bind("own-client", CONFIG)
         _, lease, _ = await backend.reserve(60.0)
-        assert lease == 1
+        assert lease is not None
         await backend.close()
         assert await client.ping()
         assert (await backend.usage())[2] == 1  # still usable after close()

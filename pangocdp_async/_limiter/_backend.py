@@ -5,16 +5,21 @@ operation atomically: one SQLite write transaction, or one Lua script run in Red
 operations are the local :class:`QuotaScheduler`'s, with its semantics:
 
 - ``reserve``: start a send now if every window allows one (sends *in flight* anywhere count as
-  now), else say when one may start; a granted send holds a **lease** until it is completed;
-- ``complete``: a send's answer is in: file it at the backend's now (or give its slot back);
+  now), else say when one may start; a granted send holds a **lease** until it is completed.
+  The caller names the lease, so a reservation retried after a lost answer finds the lease its
+  first try took instead of taking a second one;
+- ``complete``: a send's answer is in: file it at the backend's now (or give its slot back). A
+  lease the backend no longer holds (completed already, or expired and counted then) is not
+  counted again, so a retried completion counts once;
 - ``rate_limited``: a 429: the shared pause, the windows modeled full, the ramp back up;
 - ``remaining``: ``X-Rate-Limit-Remaining``: relax a fill the server contradicts, charge a
   deficit;
 - ``drain`` and ``charge``: model the windows full, or count sends made elsewhere.
 
-Time is the backend's own clock (the host's wall clock for SQLite, Redis ``TIME`` for Redis),
-so every process agrees on it. A lease not completed within ``lease_ttl`` (its process died or
-hung) is counted as a send completed at the lease's end.
+Time is the backend's own clock, so every process agrees on it: for SQLite the host's clock
+since boot (steps of the wall clock do not move it), for Redis the server's ``TIME``. A lease
+not completed within ``lease_ttl`` (its process died or hung) is counted as a send completed at
+the lease's end.
 
 State is bounded: windows above :data:`EXACT_MAX_CAPACITY` count sends in
 :data:`BUCKETS_PER_WINDOW` buckets, and sends are forgotten once they left their window by more
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +39,7 @@ from .._constants import RATE_LIMIT_EPISODE_S
 from ._windows import BUCKETS_PER_WINDOW, EXACT_MAX_CAPACITY, LOOKBACK_MAX_S
 
 __all__ = ["QuotaBackend", "QuotaBackendError", "QuotaConfig", "QuotaConfigError",
-           "WindowConfig", "namespace_for"]
+           "WindowConfig", "namespace_for", "new_lease_id"]
 
 #: Exact windows keep send times to the microsecond (the resolution of Redis ``TIME``).
 EXACT_RESOLUTION_S = 1e-6
@@ -112,6 +118,11 @@ class QuotaConfig:
         return longest + self.lookback + 60.0
 
 
+def new_lease_id() -> int:
+    """A lease's name: random, and exact as a Lua number (below 2**53)."""
+    return secrets.randbits(52) + 1
+
+
 def namespace_for(api_key: str) -> str:
     """The name a quota is kept under for ``api_key``: a hash, never the key itself."""
     return hashlib.sha256(b"pangocdp-quota\0" + api_key.encode()).hexdigest()[:24]
@@ -126,12 +137,15 @@ class QuotaBackend(Protocol):
     def bind(self, namespace: str, config: QuotaConfig) -> None:
         """Choose the quota (before the first operation)."""
 
-    async def reserve(self, lease_ttl: float) -> tuple[float, int | None, float]:
+    async def reserve(self, lease_ttl: float, lease: int | None = None
+                      ) -> tuple[float, int | None, float]:
         """``(now, lease, due)``: a lease if a send may start now (``due`` is then now), else
-        ``None`` and when one may (``inf``: only after a completion)."""
+        ``None`` and when one may (``inf``: only after a completion). ``lease`` names the lease
+        (a new random one if ``None``); if the backend holds it already, it is granted again."""
 
     async def complete(self, lease: int, stamp: float, counted: bool, rejected: bool) -> None:
-        """The send under ``lease`` (started at ``stamp``) ended."""
+        """The send under ``lease`` (started at ``stamp``) ended. Nothing happens if the
+        backend no longer holds ``lease``."""
 
     async def rate_limited(self, stamp: float | None, pause: float) -> tuple[float, float]:
         """A 429 for a send started at ``stamp``: ``(now, paused_until)``."""

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._backend import QuotaBackendError, QuotaConfig, QuotaConfigError
+from ._backend import QuotaBackendError, QuotaConfig, QuotaConfigError, new_lease_id
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -144,6 +144,7 @@ class RedisQuotaBackend:
         self._static: tuple[str, ...] = ()
         self._config: QuotaConfig | None = None
         self._epoch: int | None = None
+        self._epoch_seen_at = 0.0  # (the backend's clock)
 
     @staticmethod
     def _secrets_of(url: str) -> list[str]:
@@ -228,7 +229,9 @@ class RedisQuotaBackend:
             raise RuntimeError("bind() the backend to a quota first")
         script = self._script_now()
         now = "" if self._clock is None else repr(float(self._clock()))
-        epoch = "" if self._epoch is None else str(self._epoch)
+        # (with when it was seen: a record found gone after the keys could expire on their own
+        # is no loss, every send it held having left its windows)
+        epoch = "" if self._epoch is None else f"{self._epoch}@{self._epoch_seen_at!r}"
         try:
             reply = await script(keys=keys, args=(op, now, epoch, *self._static, *args))
         except self._transient as exc:
@@ -240,18 +243,23 @@ class RedisQuotaBackend:
             if message.startswith(_MISMATCH):
                 stored = message[len(_MISMATCH):]
                 raise QuotaConfigError(
-                    f"this quota is already paced with {stored!r}; this process was given "
-                    f"{config.signature()!r}: every process sharing a quota must use the same "
-                    "windows, margin and policy") from None
+                    f"this quota is already paced with other settings ({stored!r}); this "
+                    f"process was given {config.describe()} ({config.signature()!r}): every "
+                    "process sharing a quota must use the same windows, margin and policy "
+                    "(a quota left unused for its longest window takes new settings)"
+                ) from None
             raise
         if not isinstance(reply, list) or len(reply) < 2:
             raise QuotaBackendError(f"Redis quota backend {self._shown}: unexpected reply "
                                     f"{type(reply).__name__} to {op}")
         self._epoch = int(_num(reply[0]))
+        self._epoch_seen_at = _num(reply[1])
         return reply
 
-    async def reserve(self, lease_ttl: float) -> tuple[float, int | None, float]:
-        reply = await self._call("reserve", repr(float(lease_ttl)))
+    async def reserve(self, lease_ttl: float, lease: int | None = None
+                      ) -> tuple[float, int | None, float]:
+        reply = await self._call("reserve", repr(float(lease_ttl)),
+                                 str(new_lease_id() if lease is None else int(lease)))
         lease = reply[2]
         return (_num(reply[1]), int(_num(lease)) if lease not in (b"", "") else None,
                 _num(reply[3]))

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -33,7 +35,7 @@ from .._config import DOCUMENTED_LIMITS, Margin, RateLimit, validate_rate_limits
 from .._constants import DEFAULT_MAX_RETRY_AFTER_S, PAUSE_JITTER, RETRY_AFTER_PAD_S
 from .._exceptions import QuotaWaitError
 from .._validate import check_bool, check_int, check_seconds
-from ._backend import QuotaBackend, QuotaBackendError, QuotaConfig, namespace_for
+from ._backend import QuotaBackend, QuotaBackendError, QuotaConfig, namespace_for, new_lease_id
 from ._scheduler import Policy, QuotaScheduler, Reservation
 
 __all__ = ["BackendDownPolicy", "SharedQuotaScheduler"]
@@ -65,6 +67,21 @@ class _Op:
     kind: str
     future: asyncio.Future[Any] | None = None
     done: Callable[[Any], None] | None = field(default=None)
+    #: A reservation's lease name; ``tried``: a try failed, so the backend may hold the lease.
+    lease: int | None = None
+    tried: bool = False
+
+
+def _settle(future: asyncio.Future[Any] | None, result: Any = None,
+            exc: BaseException | None = None) -> bool:
+    """Hand a result to a waiter that is still there; False if it left (cancelled, timed out)."""
+    if future is None or future.done():
+        return False
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+    return True
 
 
 class SharedQuotaScheduler:
@@ -140,13 +157,26 @@ class SharedQuotaScheduler:
         self.max_retry_after = float(max_retry_after)
         self.retry_after_pad = float(retry_after_pad)
         self.count_rejected = count_rejected
+        owner = getattr(backend, "_pangocdp_scheduler", None)
+        if owner is not None and owner() is not None:
+            raise ValueError(f"{backend!r} already serves another SharedQuotaScheduler: give "
+                             "each scheduler its own backend object (they may open the same "
+                             "file or Redis)")
+        with contextlib.suppress(AttributeError, TypeError):
+            backend._pangocdp_scheduler = weakref.ref(self)  # type: ignore[attr-defined]
         self._rng = rng if rng is not None else random.Random()
         self._namespace = namespace
+        self._named = namespace is not None
         self._bound = False
+        #: Closing fails the waiters of the moment: each reserve() notes the generation it began in.
+        self._generation = 0
+        #: The backend's clock minus the loop's, as of the last answer (None: never answered).
+        self._offset: float | None = None
         self._fallback: QuotaScheduler | None = None
         self._granted: dict[int, tuple[float, int | None, Reservation | None]] = {}
         self._seq = 0
         self._ops: deque[_Op] = deque()
+        self._running: _Op | None = None
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -176,6 +206,8 @@ class SharedQuotaScheduler:
         """Name the quota after ``api_key`` (a hash of it), unless ``namespace=`` was given.
         A scheduler paces one quota: binding it to a second key raises ``ValueError``."""
         ns = namespace_for(api_key)
+        if self._named:
+            return  # namespace= names the quota, whatever the key
         if self._namespace is None:
             self._namespace = ns
         elif self._bound and self._namespace != ns:
@@ -201,7 +233,11 @@ class SharedQuotaScheduler:
             self._loop = loop
             self._worker = None
             self._changed = asyncio.Event()
-            self._ops.clear()  # (made on a loop that is gone: nobody awaits them)
+            # Completions and 429s made on a loop that ended are applied on this one; what a
+            # waiter of that loop awaited has nobody waiting for it any more.
+            kept = [op for op in self._ops if op.future is None and op.kind != "usage"]
+            self._ops.clear()
+            self._ops.extend(kept)
             self._waiters.clear()
             self._usage_pending = False
         if self._namespace is None:
@@ -211,10 +247,11 @@ class SharedQuotaScheduler:
             self._worker = loop.create_task(self._work())
 
     def _submit(self, kind: str, run: Callable[[], Awaitable[Any]], *, wait: bool,
-                done: Callable[[Any], None] | None = None) -> asyncio.Future[Any] | None:
+                done: Callable[[Any], None] | None = None,
+                lease: int | None = None) -> asyncio.Future[Any] | None:
         self._ensure_worker()
         future = asyncio.get_running_loop().create_future() if wait else None
-        self._ops.append(_Op(run, kind, future, done))
+        self._ops.append(_Op(run, kind, future, done, lease))
         return future
 
     async def _work(self) -> None:
@@ -222,18 +259,19 @@ class SharedQuotaScheduler:
         backoff = RETRY_INITIAL_S
         self.backend.bind(self._namespace or "", self.config)
         while ops:
-            op = ops[0]
+            op = self._running = ops[0]
             if op.future is not None and op.future.done():
-                ops.popleft()  # its waiter left (cancelled, or past its max_wait)
+                ops.popleft()  # its waiter left (cancelled, past its max_wait, closed)
+                if op.tried and op.lease is not None:
+                    ops.appendleft(_Op(self._release(op.lease), "release"))
                 continue
             try:
                 result = await op.run()
             except QuotaBackendError as exc:
+                op.tried = True
                 self._went_down(exc, backoff)
-                if self.on_backend_down == "local-share" and op.kind == "reserve":
-                    ops.popleft()
-                    assert op.future is not None
-                    op.future.set_exception(_FallBack())
+                if self.on_backend_down == "local-share":
+                    self._fall_back()
                 await asyncio.sleep(backoff * (0.5 + self._rng.random() / 2))
                 backoff = min(RETRY_MAX_S, backoff * 2)
                 if not ops and self.on_backend_down == "local-share":
@@ -241,25 +279,41 @@ class SharedQuotaScheduler:
                 continue
             except Exception as exc:  # a configuration conflict, a bug: tell the waiter
                 ops.popleft()
-                if op.future is not None:
-                    op.future.set_exception(exc)
-                else:
+                if op.future is None:
                     self._usage_pending = self._usage_pending and op.kind != "usage"
                     logger.error("quota backend %r: %s failed: %s", self.backend, op.kind, exc)
+                elif not _settle(op.future, exc=exc):
+                    logger.error("quota backend %r: %s failed after its waiter left: %s",
+                                 self.backend, op.kind, exc)
                 continue
             backoff = RETRY_INITIAL_S
             ops.popleft()
             if self.backend_down_since is not None:
                 await self._came_back()
-            if op.kind == "reserve" and op.future is not None and op.future.done():
-                _, lease, _ = result
-                if lease is not None:  # granted to a waiter that left: give the slot back
+            if op.kind == "reserve":
+                now_b, lease, _ = result
+                assert self._loop is not None
+                self._offset = now_b - self._loop.time()
+                if not _settle(op.future, result) and lease is not None:
+                    # granted to a waiter that left: give the slot back
                     ops.appendleft(_Op(self._release(lease), "release"))
                 continue
             if op.done is not None:
                 op.done(result)
-            if op.future is not None:
-                op.future.set_result(result)
+            _settle(op.future, result)
+
+    def _fall_back(self) -> None:
+        """local-share: every reservation queued for the backend goes to the local share
+        (a completion failing ahead of them must not hold them up for the outage)."""
+        keep: list[_Op] = []
+        for op in self._ops:
+            if op.kind == "reserve" and _settle(op.future, exc=_FallBack()):
+                if op.tried and op.lease is not None:
+                    keep.append(_Op(self._release(op.lease), "release"))
+                continue
+            keep.append(op)
+        self._ops.clear()
+        self._ops.extend(keep)
 
     def _release(self, lease: int) -> Callable[[], Awaitable[None]]:
         return lambda: self.backend.complete(lease, _NEG_INF, False, False)
@@ -311,9 +365,11 @@ class SharedQuotaScheduler:
     async def reserve(self, *, max_wait: float | None = None) -> Reservation:
         """Wait for a slot in this process's FIFO and in the shared quota; the send starts when
         this returns. As :meth:`QuotaScheduler.reserve` (``max_wait`` raises
-        :class:`QuotaWaitError`; a cancelled waiter takes nothing)."""
+        :class:`QuotaWaitError`; a cancelled waiter takes nothing: a slot granted as it is
+        cancelled goes back to the quota)."""
         self._ensure_worker()
         loop = asyncio.get_running_loop()
+        generation = self._generation
         start = loop.time()
         budget = _INF if max_wait is None else float(max_wait)
         deadline = start + budget
@@ -324,21 +380,21 @@ class SharedQuotaScheduler:
             if len(waiters) > 1:
                 await turn  # the head wakes the next one when it leaves
             while True:
+                self._check_open(generation)
                 if self.backend_down_since is not None and self.on_backend_down == "local-share":
                     return await self._reserve_locally(deadline - loop.time())
-                future = self._submit("reserve", lambda: self.backend.reserve(self.lease_ttl),
-                                      wait=True)
+                lease_id = new_lease_id()
+                future = self._submit("reserve",
+                                      functools.partial(self.backend.reserve, self.lease_ttl,
+                                                        lease_id), wait=True, lease=lease_id)
                 assert future is not None
                 try:
-                    if deadline < _INF:
-                        now_b, lease, due = await asyncio.wait_for(
-                            future, max(0.0, deadline - loop.time()))
-                    else:
-                        now_b, lease, due = await future
+                    answered = await self._answer(future, deadline - loop.time())
                 except _FallBack:
                     continue
-                except asyncio.TimeoutError:
-                    raise QuotaWaitError(retry_after=budget, budget=budget) from None
+                if answered is None:
+                    raise QuotaWaitError(retry_after=budget, budget=budget)
+                now_b, lease, due = answered
                 if lease is not None:
                     self._seq += 1
                     self._granted[self._seq] = (now_b, lease, None)
@@ -351,6 +407,7 @@ class SharedQuotaScheduler:
                 if wait == _INF:
                     wait = self.poll_interval
                 await self._nap(min(wait, max(0.0, deadline - now)))
+                self._check_open(generation)
                 if loop.time() >= deadline:
                     raise QuotaWaitError(retry_after=self.poll_interval, budget=budget)
         finally:
@@ -359,6 +416,35 @@ class SharedQuotaScheduler:
                 waiters.remove(turn)
             if head and waiters and not waiters[0].done():
                 waiters[0].set_result(None)
+
+    def _check_open(self, generation: int) -> None:
+        if generation != self._generation:
+            raise asyncio.CancelledError("the SharedQuotaScheduler was closed")
+
+    async def _answer(self, future: asyncio.Future[Any], left: float) -> Any:
+        """The backend's answer to a reservation, or None past ``left`` seconds. Leaving early
+        (cancelled, timed out) gives back a lease already granted, or has the worker give it
+        back when the answer comes."""
+        try:
+            done, _ = await asyncio.wait((future,), timeout=None if left == _INF
+                                         else max(0.0, left))
+        except BaseException:
+            self._leave(future)
+            raise
+        if not done:
+            self._leave(future)
+            return None
+        return future.result()
+
+    def _leave(self, future: asyncio.Future[Any]) -> None:
+        if not future.done():
+            future.cancel()  # the worker sees it and releases whatever it is granted
+            return
+        if future.cancelled() or future.exception() is not None:
+            return
+        _, lease, _ = future.result()
+        if lease is not None:
+            self._submit("release", self._release(lease), wait=False)
 
     async def _nap(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if this process completes a send meanwhile."""
@@ -374,7 +460,12 @@ class SharedQuotaScheduler:
         self._seq += 1
         self._granted[self._seq] = (r.stamp, None, r)
         self.reservations += 1
-        return Reservation(r.stamp, self._seq)
+        # The stamp the backend will compare (a 429's, a remaining count's) is on its clock: the
+        # loop's time moved by the offset last seen; +inf (taken as new) if it never answered.
+        offset = self._offset
+        assert self._loop is not None
+        stamp = _INF if offset is None else self._loop.time() + offset
+        return Reservation(stamp, self._seq)
 
     def try_reserve(self) -> Reservation | None:
         """Always ``None``: a shared slot takes a round trip to the backend (use
@@ -479,22 +570,41 @@ class SharedQuotaScheduler:
         return True
 
     async def close(self) -> None:
-        """Fail queued waiters with CancelledError, apply pending operations (for up to
-        ``2 s`` if the backend is down), release the backend's connections."""
+        """Fail the senders waiting for a slot with CancelledError, apply the pending
+        completions and 429s (for up to ``2 s`` if the backend is down), release the backend's
+        connections. The scheduler can be used again afterwards."""
+        self._generation += 1
         for waiter in list(self._waiters):
-            waiter.cancel()
-        if self._worker is not None and not self._worker.done() and self._loop is not None \
-                and self._loop is asyncio.get_running_loop():
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._worker), RETRY_MAX_S)
-            if not self._worker.done():
+            if not waiter.done():
+                waiter.cancel()
+        for op in self._ops:
+            if op.kind in ("reserve", "usage") and op.future is not None:
+                op.future.cancel()
+        if self._changed is not None:
+            self._changed.set()
+        try:
+            if self._worker is not None and not self._worker.done() and self._loop is not None \
+                    and self._loop is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._worker), RETRY_MAX_S)
+        finally:
+            if self._worker is not None and not self._worker.done() \
+                    and self._loop is asyncio.get_running_loop():
                 self._worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._worker
-                logger.warning("quota backend %r: %d operations not applied at close (their "
-                               "leases expire after %.0f s)", self.backend, len(self._ops),
+                logger.warning("quota backend %r: %d operations not applied at close (a lease "
+                               "expires after %.0f s)", self.backend, len(self._ops),
                                self.lease_ttl)
-        self._ops.clear()
+                running = self._running
+                if running is not None and running.kind == "reserve" \
+                        and running.lease is not None:
+                    # It may still be applied (a SQLite transaction in its thread): one try to
+                    # give the lease back after it.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._release(running.lease)(), 1.0)
+            for op in self._ops:
+                if op.future is not None:
+                    op.future.cancel()
+            self._ops.clear()
         close = getattr(self.backend, "close", None)
         if close is not None:
             await close()

@@ -1,8 +1,9 @@
 """A quota shared by the processes of one host: a SQLite file every process opens.
 
 Each operation is one short write transaction (``BEGIN IMMEDIATE`` in WAL mode), so operations
-of all processes apply one after the other. Time is the host's wall clock, read inside the
-transaction: every process on the host reads the same clock. The operations run in a worker
+of all processes apply one after the other. Time is the host's clock since boot, read inside the
+transaction: every process on the host reads the same clock, and a step of the wall clock (NTP,
+an operator) does not move it (see :class:`HostClock`). The operations run in a worker
 thread, so a locked file or a slow disk never holds up the event loop; a lock held past
 ``lock_timeout`` is a :class:`QuotaBackendError` (the shared scheduler waits and retries).
 
@@ -25,9 +26,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._validate import check_seconds
-from ._backend import QuotaBackendError, QuotaConfig, QuotaConfigError, WindowConfig
+from ._backend import (
+    QuotaBackendError,
+    QuotaConfig,
+    QuotaConfigError,
+    WindowConfig,
+    new_lease_id,
+)
 
-__all__ = ["SQLiteQuotaBackend"]
+__all__ = ["HostClock", "SQLiteQuotaBackend"]
 
 _INF = math.inf
 _NEG_INF = -math.inf
@@ -50,6 +57,8 @@ CREATE TABLE IF NOT EXISTS pangocdp_quota_window (
 CREATE TABLE IF NOT EXISTS pangocdp_quota_sends (
     ns TEXT NOT NULL, win INTEGER NOT NULL, k INTEGER NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (ns, win, k)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pangocdp_quota_clock (
+    boot TEXT PRIMARY KEY, offset REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pangocdp_quota_leases (
     ns TEXT NOT NULL, id INTEGER NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (ns, id)) WITHOUT ROWID;
@@ -108,8 +117,14 @@ class _Txn:
         self.now = now
         row = db.execute(
             "SELECT config, epoch, drained, paused_until, pause_started, level, ramp, "
-            "next_lease, reservations, rate_limited, tightened FROM pangocdp_quota_meta "
+            "next_lease, reservations, rate_limited, tightened, touched FROM pangocdp_quota_meta "
             "WHERE ns = ?", (ns,)).fetchone()
+        if row is not None and row[0] != config.signature() and self._abandoned(row[0],
+                                                                                row[11]):
+            # The record of settings nobody used for longer than their longest window: every
+            # send it counted has left its windows. The new settings take over.
+            self._forget()
+            row, known_epoch = None, None
         rows = {r[0]: r[1:] for r in db.execute(
             "SELECT win, cum, base, top, fill_at, fill_cum, tokens, t, filled "
             "FROM pangocdp_quota_window WHERE ns = ?", (ns,))}
@@ -128,9 +143,10 @@ class _Txn:
         else:
             if row[0] != config.signature():
                 raise QuotaConfigError(
-                    f"this quota is already paced with {row[0]!r}; this process was given "
-                    f"{config.signature()!r}: every process sharing a quota must use the same "
-                    "windows, margin and policy")
+                    f"this quota is already paced with other settings ({row[0]!r}); this "
+                    f"process was given {config.describe()} ({config.signature()!r}): every "
+                    "process sharing a quota must use the same windows, margin and policy "
+                    "(a quota left unused for its longest window takes new settings)")
             self.epoch, self.drained = int(row[1]), int(row[2])
             self.paused_until = _NEG_INF if row[3] is None else float(row[3])
             self.pause_started = _NEG_INF if row[4] is None else float(row[4])
@@ -146,6 +162,22 @@ class _Txn:
         self.expired = self._expire_leases()
         self.in_flight: int = db.execute(
             "SELECT COUNT(*) FROM pangocdp_quota_leases WHERE ns = ?", (ns,)).fetchone()[0]
+
+    def _abandoned(self, signature: str, touched: float) -> bool:
+        try:  # the stored settings' longest window (see QuotaConfig.signature)
+            spans = [float(part.split("/")[2]) for part in signature.split(";")[3:]]
+        except (IndexError, ValueError):
+            return False
+        longest = max([*spans, self.cfg.keep_for - self.cfg.lookback - 60.0])
+        if self.db.execute("SELECT 1 FROM pangocdp_quota_leases WHERE ns = ? LIMIT 1",
+                           (self.ns,)).fetchone():
+            return False
+        return self.now - float(touched) > longest + self.cfg.lookback + 60.0
+
+    def _forget(self) -> None:
+        for table in ("meta", "window", "sends", "leases"):
+            self.db.execute(f"DELETE FROM pangocdp_quota_{table} WHERE ns = ?",  # noqa: S608
+                            (self.ns,))
 
     def commit_rows(self) -> None:
         db = self.db
@@ -322,21 +354,27 @@ class _Txn:
                 due = e
         return due
 
-    def reserve(self, lease_ttl: float) -> tuple[int | None, float]:
+    def reserve(self, lease_ttl: float, lease: int | None) -> tuple[int | None, float]:
+        if lease is not None and self.db.execute(
+                "SELECT 1 FROM pangocdp_quota_leases WHERE ns = ? AND id = ?",
+                (self.ns, lease)).fetchone():
+            return lease, self.now  # an earlier try took it; its answer was lost
         due = self.due()
         if due > self.now:
             return None, due
-        self.next_lease += 1
+        if lease is None:
+            lease = new_lease_id()
         self.reservations += 1
         self.db.execute("INSERT INTO pangocdp_quota_leases (ns, id, expires) VALUES (?,?,?)",
-                        (self.ns, self.next_lease, self.now + lease_ttl))
+                        (self.ns, lease, self.now + lease_ttl))
         self.in_flight += 1
-        return self.next_lease, self.now
+        return lease, self.now
 
     def complete(self, lease: int, stamp: float, counted: bool, rejected: bool) -> None:
-        # (a lease already expired was counted at its end; counting it again now errs safe)
-        self.db.execute("DELETE FROM pangocdp_quota_leases WHERE ns = ? AND id = ?",
-                        (self.ns, lease))
+        if not self.db.execute("DELETE FROM pangocdp_quota_leases WHERE ns = ? AND id = ?",
+                               (self.ns, lease)).rowcount:
+            return  # completed already (a retry), or expired and counted at its end
+        self.in_flight -= 1
         if counted and (self.cfg.count_rejected or not rejected):
             for w in self.windows:
                 self.expire(w)
@@ -375,6 +413,50 @@ class _Txn:
         return deficit
 
 
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _since_boot() -> float:
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+class HostClock:
+    """The clock every process on one host agrees on, in epoch seconds, that steps of the wall
+    clock do not move: the time since boot (``CLOCK_BOOTTIME``: it counts a suspend too),
+    anchored to the wall clock once per boot in the quota file. Where the boot cannot be told
+    apart (no ``/proc/sys/kernel/random/boot_id``: not Linux), it is the wall clock, never read
+    earlier than the newest time on record (a step back holds sends until it is caught up; a step
+    forward ages the windows early)."""
+
+    def __init__(self, wall: Callable[[], float] = time.time,
+                 since_boot: Callable[[], float] = _since_boot,
+                 boot_id: Callable[[], str | None] = _boot_id) -> None:
+        self.wall = wall
+        self.since_boot = since_boot
+        self.boot_id = boot_id
+
+    def now(self, db: sqlite3.Connection) -> float:
+        """Read inside a write transaction on ``db``."""
+        boot = self.boot_id()
+        if boot is not None:
+            up = self.since_boot()
+            row = db.execute("SELECT offset FROM pangocdp_quota_clock WHERE boot = ?",
+                             (boot,)).fetchone()
+            if row is not None:
+                return up + float(row[0])
+        last = db.execute("SELECT MAX(touched) FROM pangocdp_quota_meta").fetchone()[0]
+        now = self.wall() if last is None else max(self.wall(), float(last))
+        if boot is not None:  # a new boot: anchor it, the old boot's anchor is of no use
+            db.execute("DELETE FROM pangocdp_quota_clock")
+            db.execute("INSERT INTO pangocdp_quota_clock (boot, offset) VALUES (?, ?)",
+                       (boot, now - up))
+        return now
+
+
 class SQLiteQuotaBackend:
     """One quota shared by every process on this host that opens ``path``.
 
@@ -383,7 +465,8 @@ class SQLiteQuotaBackend:
 
     ``lock_timeout``: how long one operation waits for another process's transaction before the
     backend counts as unavailable (the scheduler then waits and retries; it never sends
-    unpaced). ``clock`` (epoch seconds) is for tests: every process must read the same clock.
+    unpaced). Time is read from ``host_clock`` (a :class:`HostClock`); ``clock`` (epoch
+    seconds) replaces it in tests: every process must read the same clock.
     ``threaded=False`` runs each transaction on the event loop instead of a worker thread (for
     tests on virtual time; a lock then holds the loop for up to ``lock_timeout``).
     """
@@ -391,11 +474,17 @@ class SQLiteQuotaBackend:
     name = "sqlite"
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 2.0,
-                 clock: Callable[[], float] = time.time, threaded: bool = True) -> None:
+                 clock: Callable[[], float] | None = None, threaded: bool = True) -> None:
         check_seconds("lock_timeout", lock_timeout)
-        if not callable(clock):
+        if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"SQLite quota file {str(self.path)!r} is a directory")
+        if not self.path.parent.is_dir():
+            raise ValueError(f"SQLite quota file {str(self.path)!r}: its directory does not "
+                             "exist")
+        self.host_clock = HostClock()
         self.lock_timeout = float(lock_timeout)
         self.threaded = bool(threaded)
         self._clock = clock
@@ -438,7 +527,8 @@ class SQLiteQuotaBackend:
                 db = self._db
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    txn = _Txn(db, self._ns, config, self._clock(), self._epoch)
+                    now = self.host_clock.now(db) if self._clock is None else self._clock()
+                    txn = _Txn(db, self._ns, config, now, self._epoch)
                     result = op(txn)
                     txn.commit_rows()
                     db.execute("COMMIT")
@@ -455,10 +545,11 @@ class SQLiteQuotaBackend:
             return self._run(op)
         return await asyncio.to_thread(self._run, op)
 
-    async def reserve(self, lease_ttl: float) -> tuple[float, int | None, float]:
+    async def reserve(self, lease_ttl: float, lease: int | None = None
+                      ) -> tuple[float, int | None, float]:
         def op(t: _Txn) -> tuple[float, int | None, float]:
-            lease, due = t.reserve(lease_ttl)
-            return t.now, lease, due
+            granted, due = t.reserve(lease_ttl, lease)
+            return t.now, granted, due
         return await self._call(op)
 
     async def complete(self, lease: int, stamp: float, counted: bool, rejected: bool) -> None:
@@ -487,8 +578,14 @@ class SQLiteQuotaBackend:
             return (t.now, [t.used(w) + t.in_flight for w in t.windows], t.in_flight, t.due())
         return await self._call(op)
 
-    async def close(self) -> None:
-        with self._lock:
+    def _close(self) -> None:
+        with self._lock:  # (after a transaction still running in its thread)
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    async def close(self) -> None:
+        if self.threaded:
+            await asyncio.to_thread(self._close)
+        else:
+            self._close()

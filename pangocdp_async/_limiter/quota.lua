@@ -13,14 +13,14 @@
 -- ARGV:
 --   1 op ('reserve', 'complete', 'rate_limited', 'remaining', 'drain', 'charge', 'usage')
 --   2 now ('' = Redis TIME; a number only for tests with an injected clock)
---   3 the epoch the calling process last saw ('' on its first call)
+--   3 the epoch the calling process last saw, '@', and the time it saw it ('' on its first call)
 --   4 the configuration's signature   5 policy   6 count_rejected ('1'/'0')
 --   7 lookback   8 ramp_up_to   9 episode   10 keep_for in ms   11 number of windows
 --   then per window: capacity, span, resolution
 --   then the op's arguments.
 --
 -- Fields of meta: config, epoch, drained, paused_until, pause_started, level, ramp,
--- next_lease, reservations, rate_limited, tightened; per window i: c<i> (cum), b<i> (base),
+-- reservations, rate_limited, tightened; per window i: c<i> (cum), b<i> (base),
 -- top<i>, fa<i> (fill_at), fc<i> (fill_cum), tk<i> (tokens), t<i>, f<i> (filled).
 -- A field that is absent is the NULL of the SQLite table (-inf / inf / none, by its meaning).
 --
@@ -57,7 +57,12 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local known_epoch = ARGV[3]
+local known_epoch, seen_at = ARGV[3], nil
+local at_sign = string.find(known_epoch, '@', 1, true)
+if at_sign then
+  seen_at = tonumber(string.sub(known_epoch, at_sign + 1))
+  known_epoch = string.sub(known_epoch, 1, at_sign - 1)
+end
 local signature = ARGV[4]
 local sliding = ARGV[5] == 'sliding'
 local count_rejected = ARGV[6] == '1'
@@ -85,7 +90,7 @@ local function get(field, default)
 end
 
 local epoch, drained, paused_until, pause_started, level, ramp
-local next_lease, reservations, rate_limited, tightened
+local reservations, rate_limited, tightened
 local lost = false
 local windows = {}
 local wrote = false -- a key other than meta was written (then every key's TTL is renewed)
@@ -102,8 +107,10 @@ if m.config == nil or m.epoch == nil then
   drained = 0
   paused_until, pause_started = NEG_INF, NEG_INF
   level, ramp = 0, INF
-  next_lease, reservations, rate_limited, tightened = 0, 0, 0, 0
-  lost = known_epoch ~= ''
+  reservations, rate_limited, tightened = 0, 0, 0
+  -- Unless the caller was away long enough for the keys to expire on their own (up to 10 s
+  -- before keep_for): then every send the record held has left its windows.
+  lost = known_epoch ~= '' and (seen_at == nil or now - seen_at < tonumber(keep_ms) / 1000 - 15)
 else
   if m.config ~= signature then
     return redis.error_reply('ERR PANGOCDP_CONFIG_MISMATCH ' .. m.config)
@@ -114,7 +121,6 @@ else
   pause_started = get('pause_started', NEG_INF)
   level = get('level', 0)
   ramp = get('ramp', INF)
-  next_lease = get('next_lease', 0)
   reservations = get('reservations', 0)
   rate_limited = get('rate_limited', 0)
   tightened = get('tightened', 0)
@@ -360,23 +366,30 @@ local reply = {}
 local a = first_arg
 
 if op == 'reserve' then
-  local lease_ttl = tonumber(ARGV[a])
+  local lease_ttl, lease = tonumber(ARGV[a]), ARGV[a + 1]
   local d = due()
-  if d > now then
+  if redis.call('ZSCORE', leases_key, lease) then
+    reply = { lease, now_s } -- an earlier try took it; its answer was lost
+  elseif d > now then
     reply = { '', fmt(d) }
   else
-    next_lease = next_lease + 1
     reservations = reservations + 1
-    redis.call('ZADD', leases_key, fmt(now + lease_ttl), fmt(next_lease))
+    redis.call('ZADD', leases_key, fmt(now + lease_ttl), lease)
     wrote = true
     in_flight = in_flight + 1
-    reply = { fmt(next_lease), now_s }
+    reply = { lease, now_s }
   end
 elseif op == 'complete' then
   local stamp = num(ARGV[a + 1], NEG_INF)
   local counted, rejected = ARGV[a + 2] == '1', ARGV[a + 3] == '1'
-  -- (a lease already expired was counted at its end; counting it again now errs safe)
-  if redis.call('ZREM', leases_key, ARGV[a]) > 0 then wrote = true end
+  -- a lease no longer held was completed already (a retry), or expired and counted at its end
+  local held = redis.call('ZREM', leases_key, ARGV[a]) > 0
+  if held then
+    wrote = true
+    in_flight = in_flight - 1
+  else
+    counted = false
+  end
   if counted and (count_rejected or not rejected) then
     for i = 1, nwin do
       expire(windows[i])
@@ -462,7 +475,6 @@ put('paused_until', paused_until, NEG_INF)
 put('pause_started', pause_started, NEG_INF)
 put('level', level, ALWAYS)
 put('ramp', ramp, INF)
-put('next_lease', next_lease, ALWAYS)
 put('reservations', reservations, ALWAYS)
 put('rate_limited', rate_limited, ALWAYS)
 put('tightened', tightened, ALWAYS)
