@@ -9,6 +9,7 @@ released or expires; nothing else holds a slot."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import threading
@@ -617,3 +618,209 @@ def test_repr_says_what_a_scheduler_is_doing(tmp_path: Path) -> None:
     assert "windows=[5/1s, 50/60s]" in up
     assert "backend up, in_flight=1, waiting=0" in up
     assert "backend down, in_flight=0" in down
+
+
+# --- the local share in detail --------------------------------------------------------------------
+def _local_share_scheduler(tmp_path: Path, limits: list[RateLimit], **kwargs: Any
+                           ) -> tuple[_Hooked, SharedQuotaScheduler]:
+    hooked = _Hooked(_backend(tmp_path))
+    hooked.down = True
+    s = _shared(tmp_path, backend=hooked, limits=limits, on_backend_down="local-share",
+                local_share=2, **kwargs)
+    return hooked, s
+
+
+def test_the_local_share_paces_with_the_margin_and_never_below_one_send(tmp_path: Path) -> None:
+    """A 1-per-second window split in two still lets one send a window through (not none, not
+    two), spaced by the widened window."""
+
+    async def main() -> list[float]:
+        hooked, s = _local_share_scheduler(tmp_path, [RateLimit(1, 1.0)])
+        starts = []
+        for _ in range(3):
+            s.complete(await asyncio.wait_for(s.reserve(), 60.0))
+            starts.append(_now())
+        hooked.down = False
+        await s.close()
+        return starts
+
+    starts = _run(main())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(SPAN - 0.01 <= gap <= SPAN + 0.05 for gap in gaps), gaps
+
+
+def test_the_local_share_keeps_max_wait_counts_and_seqs(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int, bool]:
+        hooked, s = _local_share_scheduler(tmp_path, [RateLimit(4, 10.0)])
+        first = await asyncio.wait_for(s.reserve(), 60.0)
+        second = await s.reserve()  # the share: 2 per window
+        assert first.seq != second.seq
+        with pytest.raises(QuotaWaitError):
+            await s.reserve(max_wait=1.0)  # the share is spent for 11 s
+        s.complete(second)  # out of order: each completes its own
+        in_flight = s.in_flight
+        s.complete(first)
+        hooked.down = False
+        await s.close()
+        return s.reservations, in_flight, s.in_flight == 0
+
+    assert _run(main()) == (2, 1, True)
+
+
+def test_a_rejected_send_on_the_local_share_is_not_charged(tmp_path: Path) -> None:
+    async def main() -> list[int]:
+        hooked, s = _local_share_scheduler(tmp_path, [RateLimit(10, 10.0)])
+        s.complete(await asyncio.wait_for(s.reserve(), 60.0), rejected=True)
+        s.complete(await s.reserve())
+        s.complete(await s.reserve(), counted=False)  # never left
+        hooked.down = False
+        await s.flush()
+        await s.flush()
+        used = [n for _, n in await s.usage()]
+        await s.close()
+        return used
+
+    assert _run(main()) == [1]
+
+
+def test_a_lease_taken_before_the_switch_to_the_local_share_goes_back(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int]:
+        hooked = _Hooked(_backend(tmp_path))
+        hooked.lose["reserve"] = 1  # applied, reply lost, then down
+        calls = 0
+
+        async def then_down(*_: Any) -> None:
+            nonlocal calls
+            calls += 1
+            hooked.down = calls >= 2
+        hooked.before["reserve"] = then_down
+        s = _shared(tmp_path, backend=hooked, on_backend_down="local-share", local_share=2)
+        r = await asyncio.wait_for(s.reserve(), 60.0)  # granted on the local share
+        s.complete(r, counted=False)
+        hooked.before.clear()
+        hooked.down = False
+        await s.flush()
+        await s.flush()
+        result = await _in_flight(hooked.inner)
+        await s.close()
+        return result
+
+    assert _run(main()) == (0, 0)
+
+
+@pytest.mark.parametrize(("retry_after", "warned"), [(0.5, False), (300.0, False), (300.5, True)])
+def test_the_429_counter_and_the_cap_boundary(tmp_path: Path, retry_after: float, warned: bool,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> tuple[float, int]:
+        s = _shared(tmp_path, rng=random.Random(3), max_retry_after=300.0, retry_after_pad=0.0)
+        r = await s.reserve()
+        s.complete(r, rejected=True)
+        pause = s.on_rate_limited(retry_after, r)
+        await s.close()
+        return pause, s.rate_limited
+
+    with caplog.at_level(logging.WARNING, logger="pangocdp_async"):
+        pause, counted = _run(main())
+    jitter = random.Random(3).uniform(0.0, PAUSE_JITTER)
+    assert pause == pytest.approx(min(retry_after, 300.0) * (1.0 + jitter))
+    assert counted == 1
+    assert any("capping the pause" in r.getMessage() for r in caplog.records) == warned
+
+
+def test_a_send_granted_on_the_share_after_the_backend_returned_is_charged(
+        tmp_path: Path) -> None:
+    async def main() -> list[int]:
+        hooked, s = _local_share_scheduler(tmp_path, [RateLimit(2, 10.0)])  # share: 1 a window
+        s.complete(await asyncio.wait_for(s.reserve(), 60.0))
+        head = asyncio.ensure_future(s.reserve())  # waits ~11 s on the share
+        await asyncio.sleep(2.0)
+        hooked.down = False
+        await s.flush()  # back: the share's first send is charged
+        s.complete(await asyncio.wait_for(head, 60.0))
+        await s.flush()
+        used = [n for _, n in await s.usage()]
+        await s.close()
+        return used
+
+    assert _run(main()) == [2]
+
+
+def test_close_on_a_new_loop_applies_what_the_old_one_left(tmp_path: Path) -> None:
+    hooked = _Hooked(_backend(tmp_path))
+    s = _shared(tmp_path, backend=hooked)
+
+    async def slow(*_: Any) -> None:
+        await asyncio.sleep(1.0)
+
+    async def first() -> None:
+        r = await s.reserve()
+        hooked.before["complete"] = slow
+        s.complete(r)  # on its way when the loop ends
+        await asyncio.sleep(0.1)
+        hooked.before.clear()
+
+    async def second() -> None:
+        await s.close()
+
+    async def look() -> tuple[int, int]:
+        backend = _backend(tmp_path)
+        backend.bind("ns", s.config)
+        return await _in_flight(backend)
+
+    _run(first())
+    _run(second())
+    assert _run(look()) == (1, 0)
+
+
+def test_what_a_loop_left_in_the_air_is_settled_on_the_next(tmp_path: Path) -> None:
+    """A reservation applied as its loop ended (its reply lost), and a send granted and never
+    completed: on the next loop the first lease goes back and the second counts as a send."""
+    hooked = _Hooked(_backend(tmp_path))
+    s = _shared(tmp_path, backend=hooked)
+    left: list[asyncio.Future[Any]] = []
+
+    async def first() -> None:
+        await s.reserve()  # granted, never completed: it may have reached the server
+        hooked.lose["reserve"] = 1
+        left.append(asyncio.ensure_future(s.reserve()))  # applied, reply lost; the loop
+        await asyncio.sleep(0.01)  # ends in the backoff
+
+    async def second() -> tuple[int, int]:
+        await s.flush()
+        result = await _in_flight(hooked.inner)
+        await s.close()
+        return result
+
+    _run(first())
+    assert _run(second()) == (1, 0)
+
+
+def test_a_quota_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "quota.sqlite").write_bytes(b"this is not a database" * 100)
+
+    async def main() -> None:
+        s = _shared(tmp_path)
+        with pytest.raises(QuotaConfigError, match=r"quota\.sqlite' cannot be used"):
+            await s.reserve()
+        await s.close()
+
+    _run(main())
+
+
+def test_a_lease_granted_again_lasts_lease_ttl_from_then(tmp_path: Path) -> None:
+    async def main() -> list[int]:
+        backend = _backend(tmp_path)
+        s = _shared(tmp_path, backend=backend)  # (binds the backend to the quota)
+        await s.usage()
+        held = []
+        assert (await backend.reserve(60.0, 44))[1] == 44
+        await asyncio.sleep(50.0)
+        assert (await backend.reserve(60.0, 44))[1] == 44  # a retry after a lost reply
+        await asyncio.sleep(50.0)  # 100 s after the first grant, 50 s after the second
+        held.append((await backend.usage())[2])
+        await asyncio.sleep(11.0)
+        held.append((await backend.usage())[2])
+        await s.close()
+        return held
+
+    assert _run(main()) == [1, 0]

@@ -57,7 +57,7 @@ async def test_keys_share_one_hash_tag_and_never_hold_the_api_key(
         assert lease is not None
         await backend.complete(lease, clock.now, True, False)
         keys = backend.redis_keys()
-        assert len(keys) == 2 + 2 * len(LIMITS)
+        assert len(keys) == 3 + 2 * len(LIMITS)
         assert all(f"{{{namespace}}}" in k for k in keys)
         assert all(api_key not in k for k in keys)
         assert len({key_slot(k.encode()) for k in keys}) == 1  # one Redis Cluster slot
@@ -73,7 +73,8 @@ async def test_keys_share_one_hash_tag_and_never_hold_the_api_key(
         assert all("team{a}b" not in k for k in odd_keys)
 
 
-async def test_every_key_expires_after_keep_for(raw: redis.asyncio.Redis) -> None:
+async def test_every_key_expires_after_keep_for_or_the_last_lease(
+        raw: redis.asyncio.Redis) -> None:
     clock = ManualClock(1_700_000_000.0)
     async with redis_backend_factory() as make:
         backend = make(clock)
@@ -84,10 +85,18 @@ async def test_every_key_expires_after_keep_for(raw: redis.asyncio.Redis) -> Non
         assert second is not None
         clock.advance(0.01)
         await backend.complete(first, clock.now - 0.01, True, False)
+        # A lease still out keeps the quota until it ends (plus a minute), even past keep_for.
         keep_ms = CONFIG.keep_for * 1000
+        held_ms = max(keep_ms, (60.0 - 0.01 + 60.0) * 1000)
+        assert held_ms > keep_ms  # (so the check below tells the two apart)
         for key in backend.redis_keys():
             ttl = await raw.pttl(key)
-            assert 0 < ttl <= keep_ms, (key, ttl)
+            assert held_ms - 1000 < ttl <= held_ms, (key, ttl)
+        await backend.complete(second, clock.now - 0.01, True, False)
+        ttls = {key: await raw.pttl(key) for key in backend.redis_keys()}
+        assert ttls[backend.redis_keys()[1]] == -2  # (no lease left: the set is gone)
+        for key, ttl in ttls.items():
+            assert ttl == -2 or keep_ms - 1000 < ttl <= keep_ms + 1, (key, ttl)
 
 
 async def test_a_different_configuration_is_refused() -> None:
@@ -162,6 +171,84 @@ async def test_a_record_that_vanished_drains_every_window(raw: redis.asyncio.Red
             assert (await backend.usage())[1] == [0, 0]
         finally:
             await newcomer.close()
+
+
+async def test_a_quota_that_expired_while_idle_is_no_loss(raw: redis.asyncio.Redis) -> None:
+    """Keys expire once nobody used the quota for keep_for: every send they held has left its
+    windows, so a process coming back after that long starts on empty windows; one that was
+    away for less (a record evicted, a restart) still assumes the worst."""
+    clock = ManualClock(1_700_000_000.0)
+    async with redis_backend_factory() as make:
+        backend = make(clock)
+        backend.bind("idle", CONFIG)
+        _, lease, _ = await backend.reserve(60.0)
+        assert lease is not None
+        await backend.complete(lease, clock.now, True, False)
+        clock.advance(CONFIG.keep_for - 20.0)  # (a record gone this early was lost)
+        await backend.usage()
+        await raw.delete(*backend.redis_keys())
+        assert (await backend.usage())[1] == [w.capacity for w in CONFIG.windows]
+        clock.advance(CONFIG.keep_for)  # idle past keep_for: the keys expired on their own ...
+        await raw.delete(*backend.redis_keys())
+        backend._uptime = lambda: CONFIG.keep_for + 1.0  # ... on a server up all that time
+        assert (await backend.usage())[1] == [0, 0]
+        # The same absence on a server restarted within keep_for: other processes may have
+        # sent meanwhile, and the restart lost their sends.
+        clock.advance(CONFIG.keep_for)
+        await raw.delete(*backend.redis_keys())
+        backend._uptime = lambda: 30.0
+        assert (await backend.usage())[1] == [w.capacity for w in CONFIG.windows]
+
+
+async def test_a_second_process_back_after_the_expiry_is_not_drained(
+        raw: redis.asyncio.Redis) -> None:
+    """Two processes idle past keep_for: the first back starts a new record; the second finds
+    an epoch it never saw, which after so long is no loss either."""
+    clock = ManualClock(1_700_000_000.0)
+    async with redis_backend_factory() as make:
+        a = make(clock)
+        b = RedisQuotaBackend(redis_url(), prefix=a.prefix, clock=clock)
+        try:
+            for backend in (a, b):
+                backend._uptime = lambda: 10 * CONFIG.keep_for
+                backend.bind("two-idle", CONFIG)
+                await backend.usage()
+            clock.advance(CONFIG.keep_for + 1.0)
+            await raw.delete(*a.redis_keys())
+            assert (await a.usage())[1] == [0, 0]
+            assert (await b.usage())[1] == [0, 0]
+        finally:
+            await b.close()
+
+
+async def test_a_retried_reservation_and_completion_take_and_count_once(
+        raw: redis.asyncio.Redis) -> None:
+    """The same lease name twice (a retry after a lost reply) is one lease; completing it twice
+    counts one send."""
+    clock = ManualClock(1_700_000_000.0)
+    async with redis_backend_factory() as make:
+        backend = make(clock)
+        backend.bind("retry", CONFIG)
+        first = await backend.reserve(60.0, 42)
+        again = await backend.reserve(60.0, 42)
+        assert first[1] == again[1] == 42
+        assert (await backend.usage())[2] == 1
+        await backend.complete(42, clock.now, True, False)
+        await backend.complete(42, clock.now, True, False)
+        _, used, in_flight, _ = await backend.usage()
+        assert (used, in_flight) == ([1, 1], 0)
+        # A try of lease 42 delayed on the wire past its completion, and one of lease 43 past
+        # the release sent when its waiter gave up: neither takes a lease.
+        assert (await backend.reserve(60.0, 42))[1] is None
+        await backend.complete(43, float("-inf"), False, False)
+        assert (await backend.reserve(60.0, 43))[1] is None
+        assert (await backend.usage())[2] == 0
+        # A lease granted again after its reply was lost lasts lease_ttl from the new grant.
+        assert (await backend.reserve(60.0, 44))[1] == 44
+        clock.advance(50.0)
+        assert (await backend.reserve(60.0, 44))[1] == 44
+        clock.advance(50.0)  # 100 s after the first grant, 50 s after the second
+        assert (await backend.usage())[2] == 1
 
 
 async def test_a_server_not_listening_is_a_backend_error_at_once() -> None:

@@ -55,7 +55,9 @@ class QuotaBackendError(Exception):
 
 
 class QuotaConfigError(ValueError):
-    """Processes sharing one quota disagree on its windows or policy."""
+    """A shared quota cannot be used as set up: the processes sharing it disagree on its
+    windows, margin or policy, or its SQLite file is not a database. Raised to the sender;
+    retrying does not help."""
 
 
 @dataclass(frozen=True, slots=True)

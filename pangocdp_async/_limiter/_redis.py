@@ -83,7 +83,8 @@ class RedisQuotaBackend:
     ``timeout``: how long one operation (or a connection attempt) may take before the backend
     counts as unavailable; the shared scheduler then waits and retries (redis-py's own retries
     are off). ``prefix`` starts every key. ``client``: a ``redis.asyncio.Redis`` of the
-    caller's own (``url`` and ``timeout`` are then unused, and :meth:`close` leaves it open).
+    caller's own (``url`` and ``timeout`` are then unused, and
+    :meth:`~pangocdp_async.RedisQuotaBackend.close` leaves it open).
     ``clock`` (epoch seconds) is for tests only: it replaces Redis ``TIME``.
     """
 
@@ -145,6 +146,8 @@ class RedisQuotaBackend:
         self._config: QuotaConfig | None = None
         self._epoch: int | None = None
         self._epoch_seen_at = 0.0  # (the backend's clock)
+        #: Tests on an injected clock say how long the server has been up (else Redis INFO).
+        self._uptime: Callable[[], float] | None = None
 
     @staticmethod
     def _secrets_of(url: str) -> list[str]:
@@ -196,6 +199,7 @@ class RedisQuotaBackend:
         for i, w in enumerate(config.windows):
             keys += [f"{base}:w:{i}", f"{base}:n:{i}"]
             static += [str(int(w.capacity)), repr(float(w.span)), repr(float(w.resolution))]
+        keys.append(f"{base}:done")
         if keys != self._keys:
             self._epoch = None  # the epoch seen was another quota's
         self._keys = keys
@@ -231,7 +235,9 @@ class RedisQuotaBackend:
         now = "" if self._clock is None else repr(float(self._clock()))
         # (with when it was seen: a record found gone after the keys could expire on their own
         # is no loss, every send it held having left its windows)
-        epoch = "" if self._epoch is None else f"{self._epoch}@{self._epoch_seen_at!r}"
+        uptime = "" if self._uptime is None else repr(float(self._uptime()))
+        epoch = ("" if self._epoch is None
+                 else f"{self._epoch}@{self._epoch_seen_at!r}@{uptime}")
         try:
             reply = await script(keys=keys, args=(op, now, epoch, *self._static, *args))
         except self._transient as exc:
@@ -290,6 +296,8 @@ class RedisQuotaBackend:
                 _num(reply[3]))
 
     async def close(self) -> None:
+        """Close the connections this backend opened (a client passed in stays open). The
+        quota stays in Redis; the backend can be used again."""
         client, self._client, self._script = self._client, None, None
         if not self._owns_client:
             self._client, self._script = client, None  # the caller's: theirs to close

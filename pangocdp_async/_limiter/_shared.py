@@ -235,7 +235,20 @@ class SharedQuotaScheduler:
             self._changed = asyncio.Event()
             # Completions and 429s made on a loop that ended are applied on this one; what a
             # waiter of that loop awaited has nobody waiting for it any more.
-            kept = [op for op in self._ops if op.future is None and op.kind != "usage"]
+            # A reservation may have been applied as that loop ended: its lease goes back.
+            kept: list[_Op] = []
+            for op in self._ops:
+                if op.future is None and op.kind != "usage":
+                    kept.append(op)
+                elif op.kind == "reserve" and op.lease is not None:
+                    kept.append(_Op(self._release(op.lease), "release"))
+            # Sends granted on it and never completed may have reached the server: counted.
+            for stamp, lease, _ in self._granted.values():
+                if lease is not None:
+                    kept.append(_Op(functools.partial(self.backend.complete, lease, stamp, True,
+                                                      False), "complete"))
+            self._granted.clear()
+            self._fallback = None
             self._ops.clear()
             self._ops.extend(kept)
             self._waiters.clear()
@@ -407,7 +420,6 @@ class SharedQuotaScheduler:
                 if wait == _INF:
                     wait = self.poll_interval
                 await self._nap(min(wait, max(0.0, deadline - now)))
-                self._check_open(generation)
                 if loop.time() >= deadline:
                     raise QuotaWaitError(retry_after=self.poll_interval, budget=budget)
         finally:
@@ -457,6 +469,11 @@ class SharedQuotaScheduler:
     async def _reserve_locally(self, left: float) -> Reservation:
         local = self._local_share()
         r = await local.reserve(max_wait=None if left == _INF else max(0.0, left))
+        if self.backend_down_since is None:
+            # Back while this one waited on the share: what the share sent was charged when it
+            # came back, without this send, which is charged now.
+            self._submit("charge", lambda: self.backend.charge([1] * len(self.limits)),
+                         wait=False)
         self._seq += 1
         self._granted[self._seq] = (r.stamp, None, r)
         self.reservations += 1
@@ -574,6 +591,9 @@ class SharedQuotaScheduler:
         completions and 429s (for up to ``2 s`` if the backend is down), release the backend's
         connections. The scheduler can be used again afterwards."""
         self._generation += 1
+        if self._ops and self._loop is not asyncio.get_running_loop():
+            with contextlib.suppress(RuntimeError):  # (the other loop still serves: its own)
+                self._ensure_worker()  # what an ended loop left queued is applied here
         for waiter in list(self._waiters):
             if not waiter.done():
                 waiter.cancel()
@@ -591,9 +611,7 @@ class SharedQuotaScheduler:
             if self._worker is not None and not self._worker.done() \
                     and self._loop is asyncio.get_running_loop():
                 self._worker.cancel()
-                logger.warning("quota backend %r: %d operations not applied at close (a lease "
-                               "expires after %.0f s)", self.backend, len(self._ops),
-                               self.lease_ttl)
+                left = [op for op in self._ops if op.kind != "usage"]
                 running = self._running
                 if running is not None and running.kind == "reserve" \
                         and running.lease is not None:
@@ -601,6 +619,11 @@ class SharedQuotaScheduler:
                     # give the lease back after it.
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(self._release(running.lease)(), 1.0)
+                        left.remove(running)
+                if left:
+                    logger.warning("quota backend %r: %d operations (%s) not applied at close "
+                                   "(a lease expires after %.0f s)", self.backend, len(left),
+                                   ", ".join(sorted({op.kind for op in left})), self.lease_ttl)
             for op in self._ops:
                 if op.future is not None:
                     op.future.cancel()

@@ -356,9 +356,12 @@ class _Txn:
 
     def reserve(self, lease_ttl: float, lease: int | None) -> tuple[int | None, float]:
         if lease is not None and self.db.execute(
-                "SELECT 1 FROM pangocdp_quota_leases WHERE ns = ? AND id = ?",
-                (self.ns, lease)).fetchone():
-            return lease, self.now  # an earlier try took it; its answer was lost
+                "UPDATE pangocdp_quota_leases SET expires = ? WHERE ns = ? AND id = ?",
+                (self.now + lease_ttl, self.ns, lease)).rowcount:
+            # An earlier try took it and its answer was lost: it lasts lease_ttl from now. (A
+            # try never arrives after its retry or its release, as on Redis: the transaction
+            # runs to its end in its thread before the next operation starts.)
+            return lease, self.now
         due = self.due()
         if due > self.now:
             return None, due
@@ -537,6 +540,9 @@ class SQLiteQuotaBackend:
                     raise
             except sqlite3.OperationalError as exc:
                 raise QuotaBackendError(f"SQLite quota file {str(self.path)!r}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:  # not a database, corrupt: no retry mends it
+                raise QuotaConfigError(f"SQLite quota file {str(self.path)!r} cannot be used: "
+                                       f"{exc}") from exc
             self._epoch = txn.epoch
             return result
 
@@ -585,6 +591,8 @@ class SQLiteQuotaBackend:
                 self._db = None
 
     async def close(self) -> None:
+        """Close the file (after a transaction still running). The quota stays in it; the
+        backend can be used again."""
         if self.threaded:
             await asyncio.to_thread(self._close)
         else:

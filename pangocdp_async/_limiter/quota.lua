@@ -8,12 +8,15 @@
 --   KEYS[2]          prefix:{ns}:leases  ZSET: member = lease id, score = expiry (seconds)
 --   KEYS[3 + 2*i]    prefix:{ns}:w:<i>   ZSET: member = send key k (decimal), score = k
 --   KEYS[4 + 2*i]    prefix:{ns}:n:<i>   HASH: send key k -> sends filed under it
---   (i = 0, 1, ...: the configuration's windows in order; k = ceil(t / resolution))
+--   KEYS[3 + 2*n]    prefix:{ns}:done    ZSET: member = lease id completed or given back,
+--                                        score = when it may be forgotten (TOMBSTONE_S later)
+--   (i = 0, 1, ...: the configuration's windows in order; k = ceil(t / resolution); n windows)
 --
 -- ARGV:
 --   1 op ('reserve', 'complete', 'rate_limited', 'remaining', 'drain', 'charge', 'usage')
 --   2 now ('' = Redis TIME; a number only for tests with an injected clock)
---   3 the epoch the calling process last saw, '@', and the time it saw it ('' on its first call)
+--   3 the epoch the calling process last saw '@' the time it saw it '@' the server's uptime in
+--     seconds ('' on its first call; the uptime is '' but in tests: then INFO says)
 --   4 the configuration's signature   5 policy   6 count_rejected ('1'/'0')
 --   7 lookback   8 ramp_up_to   9 episode   10 keep_for in ms   11 number of windows
 --   then per window: capacity, span, resolution
@@ -57,11 +60,10 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local known_epoch, seen_at = ARGV[3], nil
-local at_sign = string.find(known_epoch, '@', 1, true)
-if at_sign then
-  seen_at = tonumber(string.sub(known_epoch, at_sign + 1))
-  known_epoch = string.sub(known_epoch, 1, at_sign - 1)
+local known_epoch, seen_at, uptime_arg = ARGV[3], nil, ''
+do
+  local e, seen, up = string.match(ARGV[3], '^([^@]*)@([^@]*)@(.*)$')
+  if e then known_epoch, seen_at, uptime_arg = e, tonumber(seen), up end
 end
 local signature = ARGV[4]
 local sliding = ARGV[5] == 'sliding'
@@ -72,10 +74,27 @@ local episode = tonumber(ARGV[9])
 local keep_ms = ARGV[10]
 local nwin = tonumber(ARGV[11])
 local first_arg = 12 + 3 * nwin
-if #KEYS ~= 2 + 2 * nwin then
-  return redis.error_reply('ERR pangocdp quota: expected ' .. (2 + 2 * nwin) .. ' keys')
+if #KEYS ~= 3 + 2 * nwin then
+  return redis.error_reply('ERR pangocdp quota: expected ' .. (3 + 2 * nwin) .. ' keys')
 end
-local meta_key, leases_key = KEYS[1], KEYS[2]
+local meta_key, leases_key, done_key = KEYS[1], KEYS[2], KEYS[3 + 2 * nwin]
+-- A lease id completed or given back is remembered this long, so that a reservation delayed on
+-- the wire past its retry or its release cannot take it again (a reply times out in seconds).
+local TOMBSTONE_S = 120
+local keep_s = tonumber(keep_ms) / 1000
+
+-- Could a record found gone (or replaced) be the loss of sends still in their windows? Yes if
+-- this process saw it less than keep_for ago (it could not have expired on its own), or if the
+-- server restarted within keep_for (a restart loses what every process sent). Otherwise every
+-- process was away for keep_for: the keys expired, and every send they held left its window.
+local function may_have_lost()
+  if seen_at == nil or now - seen_at < keep_s - 15 then return true end
+  local uptime = tonumber(uptime_arg)
+  if uptime == nil then
+    uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+  end
+  return uptime == nil or uptime < keep_s
+end
 
 -- --- load -----------------------------------------------------------------------------------
 local raw = redis.call('HGETALL', meta_key)
@@ -108,9 +127,7 @@ if m.config == nil or m.epoch == nil then
   paused_until, pause_started = NEG_INF, NEG_INF
   level, ramp = 0, INF
   reservations, rate_limited, tightened = 0, 0, 0
-  -- Unless the caller was away long enough for the keys to expire on their own (up to 10 s
-  -- before keep_for): then every send the record held has left its windows.
-  lost = known_epoch ~= '' and (seen_at == nil or now - seen_at < tonumber(keep_ms) / 1000 - 15)
+  lost = known_epoch ~= '' and may_have_lost()
 else
   if m.config ~= signature then
     return redis.error_reply('ERR PANGOCDP_CONFIG_MISMATCH ' .. m.config)
@@ -125,6 +142,7 @@ else
   rate_limited = get('rate_limited', 0)
   tightened = get('tightened', 0)
   lost = known_epoch ~= '' and tonumber(known_epoch) ~= epoch and drained == 0
+    and may_have_lost()
 end
 
 for i = 1, nwin do
@@ -368,8 +386,14 @@ local a = first_arg
 if op == 'reserve' then
   local lease_ttl, lease = tonumber(ARGV[a]), ARGV[a + 1]
   local d = due()
+  redis.call('ZREMRANGEBYSCORE', done_key, '-inf', now_s)
   if redis.call('ZSCORE', leases_key, lease) then
-    reply = { lease, now_s } -- an earlier try took it; its answer was lost
+    -- an earlier try took it, its answer was lost: it lasts lease_ttl from now
+    redis.call('ZADD', leases_key, 'XX', fmt(now + lease_ttl), lease)
+    wrote = true
+    reply = { lease, now_s }
+  elseif redis.call('ZSCORE', done_key, lease) then
+    reply = { '', now_s } -- completed or given back: a try that arrived late takes nothing
   elseif d > now then
     reply = { '', fmt(d) }
   else
@@ -384,6 +408,9 @@ elseif op == 'complete' then
   local counted, rejected = ARGV[a + 2] == '1', ARGV[a + 3] == '1'
   -- a lease no longer held was completed already (a retry), or expired and counted at its end
   local held = redis.call('ZREM', leases_key, ARGV[a]) > 0
+  redis.call('ZADD', done_key, fmt(now + TOMBSTONE_S), ARGV[a])
+  redis.call('ZREMRANGEBYSCORE', done_key, '-inf', now_s)
+  wrote = true
   if held then
     wrote = true
     in_flight = in_flight - 1
@@ -508,7 +535,11 @@ if not renew then
   renew = redis.call('PTTL', meta_key) < keep - math.min(math.floor(keep / 10), 10000)
 end
 if renew then
-  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep_ms) end
+  -- (never before the last lease ends: a send in flight keeps its quota)
+  local last = redis.call('ZRANGE', leases_key, -1, -1, 'WITHSCORES')
+  local keep = tonumber(keep_ms)
+  if #last == 2 then keep = math.max(keep, math.ceil((tonumber(last[2]) - now + 60) * 1000)) end
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
 end
 
 local out = { fmt(epoch), now_s }
