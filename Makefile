@@ -1,13 +1,16 @@
 # Two entry points for a fresh clone (see README):
 #   make demo       the main job: `pangocdp ingest` of the sample orders into the sandbox
 #   make test-all   install what the tests need, then lint, type-check and run every test,
-#                   the slow proofs (26 simulated hours, real-time runs) included; CI runs this
+#                   the slow proofs (26 simulated hours, real-time runs) included, then nox:
+#                   the default suite on every supported Python (3.10 and 3.13 required), the
+#                   wheel built, checked, installed and run outside the checkout, and the docs
+#                   built with warnings as errors; CI runs this
 # While working: make test (the same without the tests marked slow; under 30 s).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +21,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,docs,dev]'
 	touch $@
 
 demo: $(VENV)/.installed-demo
@@ -34,6 +37,12 @@ test: lint
 
 test-all: lint
 	$(BIN)/pytest
+	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html
+	PANGOCDP_NOX_SOURCE_TESTED=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+		$(BIN)/nox --no-color -s tests wheel
+
+docs: $(VENV)/.installed-test
+	$(BIN)/sphinx-build -E -W --keep-going -n -b html docs docs/_build/html
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.limiter
@@ -43,4 +52,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.quota
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .nox mutants docs/_build

@@ -88,7 +88,7 @@ __all__ = [
     "UnsuccessfulResponseError",
     "limiter_from_spec",
 ]
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 # A library logs, and the application decides where that goes: without this, warnings would
 # reach stderr through logging's last-resort handler in an application that set up nothing.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pangocdp_async import PangoCDPClient
+from pangocdp_async import PangoCDPClient, SQLiteQuotaStore
 from pangocdp_async.testing import FakePangoCDP
 
 
@@ -114,6 +115,24 @@ def threaded_fake() -> Iterator[Callable[..., ThreadedFake]]:
     yield factory
     for server in made:
         server.close()
+
+
+_OPEN_STORES: list[SQLiteQuotaStore] = []
+
+
+def open_store(path: Path, **kwargs: Any) -> SQLiteQuotaStore:
+    """A SQLiteQuotaStore closed when the test ends (a restart test opens several on one file;
+    an unclosed SQLite connection is a ResourceWarning, an error here, since Python 3.13)."""
+    store = SQLiteQuotaStore(path, **kwargs)
+    _OPEN_STORES.append(store)
+    return store
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _OPEN_STORES:
+        _OPEN_STORES.pop().close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

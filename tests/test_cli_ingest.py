@@ -9,6 +9,7 @@ record is at the server, and nothing the journal had acknowledged was sent twice
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -931,7 +932,7 @@ def test_quota_spec_shares_the_quota_through_a_file(tmp_path: Path, threaded_fak
     result = ingest(base_args(path, job, "--batch-size", "10", "--quota", f"sqlite:{quota}"),
                     env=server.env())
     assert result.exit_code == 0, result.output
-    with sqlite3.connect(quota) as db:
+    with contextlib.closing(sqlite3.connect(quota)) as db:
         (reservations,) = db.execute("SELECT reservations FROM pangocdp_quota_meta").fetchone()
     assert reservations == 4  # every request took its slot from the shared file
 

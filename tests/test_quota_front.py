@@ -75,8 +75,14 @@ class _Hooked:
 
 
 async def _in_flight(backend: SQLiteQuotaBackend) -> tuple[int, int]:
-    """(sends on record in the one window, leases held) as the backend sees them."""
-    _, used, in_flight, _ = await backend.usage()
+    """(sends on record in the one window, leases held) as ``backend``'s quota stands, read
+    through a backend of its own (closed after)."""
+    probe = SQLiteQuotaBackend(backend.path, clock=_now, threaded=False)
+    probe.bind(backend._ns, backend._config)  # type: ignore[arg-type]
+    try:
+        _, used, in_flight, _ = await probe.usage()
+    finally:
+        await probe.close()
     return used[0] - in_flight, in_flight
 
 
@@ -198,8 +204,12 @@ def test_a_cancelled_close_is_cancelled(tmp_path: Path) -> None:
         try:
             await closing
         except asyncio.CancelledError:
-            return True
-        return False
+            cancelled = True
+        else:
+            cancelled = False
+        hooked.down = False
+        await s.close()
+        return cancelled
 
     assert _run(main())
 

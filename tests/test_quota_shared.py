@@ -403,6 +403,8 @@ def test_a_backend_bound_to_another_quota_forgets_the_first_ones_record(tmp_path
         await backend.usage()
         backend.bind("b", config)
         _, used, _, _ = await backend.usage()
+        await backend.close()
+        await other.close()
         return used
 
     assert _run(main()) == [0]

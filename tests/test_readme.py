@@ -16,6 +16,11 @@ import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+#: The docs' own pages (what they include from the README is checked above). Not in an
+#: installed wheel's test run, which copies only the README.
+DOCS = README.parent / "docs"
+DOC_BLOCKS = [block for page in sorted(DOCS.rglob("*.md")) if DOCS.is_dir()
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
 
 
 def test_there_are_examples() -> None:
@@ -23,7 +28,9 @@ def test_there_are_examples() -> None:
     assert len(BLOCKS) >= 6
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+@pytest.mark.parametrize("block", BLOCKS + DOC_BLOCKS,
+                         ids=[f"block{i}" for i in range(len(BLOCKS))]
+                         + [f"docs{i}" for i in range(len(DOC_BLOCKS))])
 def test_each_example_compiles_and_defines_what_it_uses(block: str, tmp_path: Path) -> None:
     """Valid Python (top-level await allowed, as in a notebook or asyncio's REPL), with no
     undefined name (ruff F821 on the block wrapped in a coroutine)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pangocdp_async import DOCUMENTED_LIMITS, Margin, QuotaScheduler, RateLimit, SQLiteQuotaStore
+from pangocdp_async import DOCUMENTED_LIMITS, Margin, QuotaScheduler, RateLimit
 from pangocdp_async.testing import (
     Bucket4jBucket,
     ConsumeResult,
@@ -32,6 +32,7 @@ from pangocdp_async.testing import (
     token_bucket_ceiling,
     window_excess,
 )
+from tests.conftest import open_store
 
 HOUR = 3600.0
 PHASE_SAFE = Margin(0.0, 0.0)
@@ -243,13 +244,13 @@ def test_restart_at_hour_5_keeps_zero_rejections(tmp_path: Path) -> None:
     async def main() -> tuple[SimulationResult, SimulationResult, SimulationResult]:
         loop = asyncio.get_running_loop()
         wall = loop.time  # the virtual clock doubles as epoch time here
-        first = QuotaScheduler(TENTH, store=SQLiteQuotaStore(path), wall_clock=wall)
+        first = QuotaScheduler(TENTH, store=open_store(path), wall_clock=wall)
         before = await simulate_senders(server=server, duration_s=5 * HOUR,
                                         **scheduler_hooks(first))
         if first._saving is not None:
             await first._saving  # the last periodic save lands; then the process dies
         twin = copy.deepcopy(server)
-        restored = QuotaScheduler(TENTH, store=SQLiteQuotaStore(path), wall_clock=wall)
+        restored = QuotaScheduler(TENTH, store=open_store(path), wall_clock=wall)
         fresh = QuotaScheduler(TENTH, wall_clock=wall)
         after, control = await asyncio.gather(
             simulate_senders(server=server, duration_s=8 * HOUR, **scheduler_hooks(restored)),

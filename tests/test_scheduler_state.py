@@ -4,6 +4,7 @@ pauses and corrupt files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,10 +14,10 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from pangocdp_async import DOCUMENTED_LIMITS, Margin, QuotaScheduler, RateLimit, SQLiteQuotaStore
+from pangocdp_async import DOCUMENTED_LIMITS, Margin, QuotaScheduler, RateLimit
 from pangocdp_async.testing import Bucket4jBucket, run_in_virtual_time, scheduler_hooks
 from pangocdp_async.testing import simulate_senders as simulate
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, open_store
 
 T = TypeVar("T")
 TWO = [RateLimit(2, 1.0), RateLimit(3, 10.0)]
@@ -102,20 +103,20 @@ def test_sqlite_store_saves_and_restores(tmp_path: Path) -> None:
 
     async def main() -> None:
         wall = ManualClock(EPOCH)
-        a = sched(DOCUMENTED_LIMITS, wall, store=SQLiteQuotaStore(path, key="acct-1"),
+        a = sched(DOCUMENTED_LIMITS, wall, store=open_store(path, key="acct-1"),
                   save_every=5)
         await send(a, 7)
         assert a._saving is not None
         await a._saving
-        saved = SQLiteQuotaStore(path, key="acct-1").load()
+        saved = open_store(path, key="acct-1").load()
         assert saved is not None
         assert sum(saved["windows"][0]["n"]) == 4  # taken at the 5th start, 4 answered
         assert saved["in_flight"] == 1
         await a.close()
-        b = sched(DOCUMENTED_LIMITS, wall, store=SQLiteQuotaStore(path, key="acct-1"))
+        b = sched(DOCUMENTED_LIMITS, wall, store=open_store(path, key="acct-1"))
         await send(b, 1)
         assert [used for _, used in b.window_usage()] == [8] * 5  # 7 restored, clean: none
-        assert SQLiteQuotaStore(path, key="other").load() is None
+        assert open_store(path, key="other").load() is None
     virtual(main)
 
 
@@ -162,13 +163,13 @@ def test_restart_during_a_pause_keeps_the_pause(tmp_path: Path) -> None:
 
     async def main() -> float:
         wall = ManualClock(EPOCH)
-        a = sched(TEN, wall, store=SQLiteQuotaStore(path))
+        a = sched(TEN, wall, store=open_store(path))
         await send(a, 1)
         until = a.on_rate_limited(29.0)
         await a.save()
         await asyncio.sleep(5.0)
         wall.advance(5.0)
-        b = sched(TEN, wall, store=SQLiteQuotaStore(path), clock_step_allowance=0.0)
+        b = sched(TEN, wall, store=open_store(path), clock_step_allowance=0.0)
         probe = await b.reserve()
         second = asyncio.ensure_future(b.reserve())
         await asyncio.sleep(0.5)
@@ -215,16 +216,21 @@ def test_corrupt_state_warns_and_starts_as_if_full(
     """A corrupt or foreign state row: a warning naming the file, then a safe start with every
     window modeled full (never a raw JSONDecodeError or KeyError from reserve())."""
     path = tmp_path / "quota.sqlite3"
-    SQLiteQuotaStore(path).save({"version": 2})
-    with sqlite3.connect(path) as conn:
+    first = open_store(path)
+    first.save({"version": 2})
+    first.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE quota_state SET state = ?", (content,))
 
     async def main() -> list[int]:
-        s = sched(TEN, ManualClock(EPOCH), store=SQLiteQuotaStore(path))
+        store = open_store(path)
+        s = sched(TEN, ManualClock(EPOCH), store=store)
         with caplog.at_level(logging.WARNING, logger="pangocdp_async"):
             r = await s.reserve()
         s.complete(r)
-        return [used for _, used in s.window_usage()]
+        used = [used for _, used in s.window_usage()]
+        store.close()
+        return used
     assert virtual(main) == [10]  # full, then drained at its own pace: one went out
     assert str(path) in caplog.text
     assert "starting as if every window were full" in caplog.text

@@ -49,6 +49,8 @@ __all__ = ["Policy", "QuotaScheduler", "Reservation"]
 
 logger = logging.getLogger("pangocdp_async")
 
+#: How the scheduler reads the windows: ``"sliding"`` (a send counts for a full window after
+#: it) or ``"token-bucket"`` (each window refills continuously, as a Bucket4j server does).
 Policy = Literal["sliding", "token-bucket"]
 
 STATE_VERSION = 2

@@ -16,6 +16,7 @@ bucket), ``sends`` (one row per send time or bucket, trimmed as sends leave thei
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import sqlite3
@@ -416,7 +417,9 @@ class _Txn:
         return deficit
 
 
+@functools.cache
 def _boot_id() -> str | None:
+    """This boot's id (read once: it does not change while the process lives)."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:

@@ -25,6 +25,7 @@ sent again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -143,10 +144,13 @@ class Journal:
                 self._db.executescript(_SCHEMA_SQL)
             version = self._meta("schema")
         except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(AttributeError):
+                self._db.close()
             raise JobMismatch(f"{self.path} is not a pangocdp job journal ({exc})") from None
         if version is None and not read_only:
             self._set_meta("schema", SCHEMA)
         elif version is not None and version != SCHEMA:
+            self._db.close()
             raise JobMismatch(f"{self.path} was written by another version of pangocdp "
                               f"(journal schema {version}, this one reads {SCHEMA})")
         self._names: list[str] = self._meta("names") or []

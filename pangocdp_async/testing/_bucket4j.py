@@ -16,6 +16,8 @@ from .._config import RateLimit
 
 __all__ = ["Bucket4jBucket", "ConsumeResult", "Refill"]
 
+#: How a :class:`Bucket4jBucket` refills: ``"greedy"`` (continuously) or ``"interval"``
+#: (all at once at the end of each period).
 Refill = Literal["greedy", "interval"]
 _NS = 1_000_000_000
 

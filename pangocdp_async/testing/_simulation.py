@@ -184,10 +184,11 @@ class SchedulerHooks(TypedDict):
 
 def scheduler_hooks(scheduler: QuotaScheduler, *, remaining_header: bool = True
                     ) -> SchedulerHooks:
-    """Wire a :class:`QuotaScheduler` into :func:`simulate_senders` as the client does: reserve,
-    complete (a 429 is not counted, a request never sent is refunded), the 429's retry-after to
-    :meth:`~QuotaScheduler.on_rate_limited`, and, if the server sends it,
-    ``X-Rate-Limit-Remaining`` to :meth:`~QuotaScheduler.on_remaining`.
+    """Wire a :class:`~pangocdp_async.QuotaScheduler` into :func:`simulate_senders` as the
+    client does: reserve, complete (a 429 is not counted, a request never sent is refunded),
+    the 429's retry-after to
+    :meth:`~pangocdp_async.QuotaScheduler.on_rate_limited`, and, if the server sends it,
+    ``X-Rate-Limit-Remaining`` to :meth:`~pangocdp_async.QuotaScheduler.on_remaining`.
 
     >>> await simulate_senders(server=bucket, duration_s=60, **scheduler_hooks(s))  # doctest: +SKIP
     """

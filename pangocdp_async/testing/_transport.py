@@ -19,6 +19,8 @@ _OK_BODY = b'{"success":true}'
 
 #: Decides the answer to the n-th request (1-based) with this body: a response, or an
 #: exception to raise (for example :class:`APIConnectionError`).
+#: What an :class:`InProcessTransport` calls for each request: ``(request number, body)`` to a
+#: response, or an exception to raise.
 Respond = Callable[[int, bytes], "RawResponse | BaseException"]
 
 
