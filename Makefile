@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test test-all lint bench docs clean
+.PHONY: demo test test-all lint bench docs mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test-all: lint
 	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html
 	PANGOCDP_NOX_SOURCE_TESTED=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
 		$(BIN)/nox --no-color -s tests wheel
+
+# Not part of test-all or CI (it takes a long while): after changing the core or its tests.
+mutation: $(VENV)/.installed-test
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/python tests/mutation_score.py --fail-under 90
 
 docs: $(VENV)/.installed-test
 	$(BIN)/sphinx-build -E -W --keep-going -n -b html docs docs/_build/html

@@ -29,7 +29,7 @@ SUPPORTED = ["3.10", "3.11", "3.12", "3.13"]
 OLDEST, NEWEST = SUPPORTED[0], SUPPORTED[-1]
 
 nox.options.error_on_missing_interpreters = True
-nox.options.default_venv_backend = "venv"
+nox.options.default_venv_backend = "uv|venv"  # uv when installed (dev extra): much quicker
 nox.options.sessions = ["tests", "wheel", "docs"]
 #: `make test-all` has just run everything on its own interpreter from the source tree: it names
 #: that version here so the matrix does not run it again (the wheel sessions still do).

@@ -249,6 +249,7 @@ def test_restart_at_hour_5_keeps_zero_rejections(tmp_path: Path) -> None:
                                         **scheduler_hooks(first))
         if first._saving is not None:
             await first._saving  # the last periodic save lands; then the process dies
+        first._disarm()  # (a dead process saves nothing more)
         twin = copy.deepcopy(server)
         restored = QuotaScheduler(TENTH, store=open_store(path), wall_clock=wall)
         fresh = QuotaScheduler(TENTH, wall_clock=wall)
@@ -257,6 +258,7 @@ def test_restart_at_hour_5_keeps_zero_rejections(tmp_path: Path) -> None:
             simulate_senders(server=twin, duration_s=8 * HOUR, seed=1,
                              **scheduler_hooks(fresh)),
         )
+        await restored.close()
         return before, after, control
 
     before, after, control = run_in_virtual_time(main())
