@@ -29,6 +29,8 @@ SUPPORTED = ["3.10", "3.11", "3.12", "3.13"]
 OLDEST, NEWEST = SUPPORTED[0], SUPPORTED[-1]
 
 nox.options.error_on_missing_interpreters = True
+# Never fetch an interpreter (uv would): a supported version missing here must fail the run.
+nox.options.download_python = "never"
 nox.options.default_venv_backend = "uv|venv"  # uv when installed (dev extra): much quicker
 nox.options.sessions = ["tests", "wheel", "docs"]
 #: `make test-all` has just run everything on its own interpreter from the source tree: it names
@@ -76,8 +78,21 @@ def tests(session: nox.Session) -> None:
 def wheel(session: nox.Session) -> None:
     """The wheel users install: built, checked, installed, and run from outside the checkout."""
     session.install("build>=1.2", "twine>=5")
-    dist = Path(tempfile.mkdtemp(prefix="pangocdp-dist-"))
-    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    work = Path(tempfile.mkdtemp(prefix="pangocdp-wheel-"))
+    try:
+        _check_the_wheel(session, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_the_wheel(session: nox.Session, work: Path) -> None:
+    # Built from a clean copy: an editable install's egg-info in the checkout would make
+    # setuptools ship files the configuration no longer names.
+    src, dist, outside = work / "src", work / "dist", work / "run"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".nox", "mutants", "*.egg-info", "build", "dist", "_build",
+        "__pycache__", ".*_cache"))
+    session.run("python", "-m", "build", "--outdir", str(dist), str(src))
     session.run("twine", "check", "--strict", *map(str, sorted(dist.iterdir())))
     wheels = sorted(dist.glob("*.whl"))
     if len(wheels) != 1:
@@ -85,34 +100,38 @@ def wheel(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tests" / "wheel_check.py"), str(wheels[0]))
     session.install(f"{wheels[0]}[test,bench]")
 
-    outside = Path(tempfile.mkdtemp(prefix="pangocdp-wheel-"))
+    outside.mkdir()
     for name in ("tests", "benchmarks"):
         shutil.copytree(ROOT / name, outside / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("README.md", "CHANGELOG.md", "pyproject.toml"):
         shutil.copy(ROOT / name, outside / name)
     session.chdir(outside)
-    env = {"PANGOCDP_TEST_INSTALLED": "1"}
-    session.run("pangocdp", "--version", env=env)
+    shown = session.run("pangocdp", "--version", silent=True)
+    version = session.run("python", "-c",
+                          "import pangocdp_async; print(pangocdp_async.__version__)", silent=True)
+    if not isinstance(shown, str) or not isinstance(version, str) \
+            or not shown.strip().endswith(version.strip()):
+        session.error(f"pangocdp --version says {shown!r}; the package is {version!r}")
+    session.log(shown.strip())
     checkout = str(ROOT / "pangocdp_async")
     session.run("python", "-c", "import pangocdp_async, sys; print(pangocdp_async.__file__); "
                 f"sys.exit('imported from the checkout' if pangocdp_async.__file__.startswith("
-                f"{checkout!r}) else 0)", env=env)
+                f"{checkout!r}) else 0)")
     sample = session.run("python", "-c", "from importlib.resources import files; "
                          "print(files('pangocdp_async') / 'examples' / 'orders.jsonl')",
-                         silent=True, env=env)
+                         silent=True)
     assert isinstance(sample, str)
     session.run("pangocdp", "ingest", sample.strip(), "--object-type", "order", "--source", "POS",
-                "--sandbox", "--job", str(outside / "job.sqlite"), "--quiet", env=env)
-    session.run("pytest", "-m", "not slow", "-p", "no:cacheprovider", "--rootdir", str(outside),
-                env=env)
+                "--sandbox", "--job", str(outside / "job.sqlite"), "--quiet")
+    session.run("pytest", "-m", "not slow", "-p", "no:cacheprovider", "--rootdir", str(outside))
 
 
 @nox.session(python=NEWEST)
 def docs(session: nox.Session) -> None:
     """The reference site, warnings as errors."""
     session.install("-e", ".[docs]")
-    out = Path(tempfile.mkdtemp(prefix="pangocdp-docs-"))
-    session.run("sphinx-build", "-W", "--keep-going", "-n", "-q", "-b", "html",
+    out = Path(session.create_tmp()) / "html"
+    session.run("sphinx-build", "-E", "-W", "--keep-going", "-n", "-q", "-b", "html",
                 str(ROOT / "docs"), str(out))
     session.log(f"docs built in {out}")

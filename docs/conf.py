@@ -27,7 +27,8 @@ myst_heading_anchors = 3
 myst_enable_extensions = ["colon_fence"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# Every public member is listed, documented or not: one without a docstring fails the build.
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
 # Nothing is fetched while building (no network here): outside names are not linked.
 intersphinx_mapping: dict[str, Any] = {}
 nitpicky = True
@@ -41,7 +42,9 @@ nitpick_ignore_regex = [
                  r"BackendDownPolicy|Record|Records|JSONValue|Json|Sink|DeadLetter|Clock|Sleep)"),
     # Internal names that signatures mention (a base class, a protocol, typed dicts, type vars):
     # what they are is said where they appear.
-    ("py:class", r"(.*\.)?(BulkRun|QuotaBackend|HostClock|ScriptStep|EntryRejecter|Credentials|"
+    ("py:class", r"yarl\..*"),
+    ("py:class", r"(.*\.)?(BulkRun|QuotaBackend|QuotaConfig|HostClock|ScriptStep|EntryRejecter|"
+                 r"Credentials|"
                  r"ClientKwargs|SchedulerHooks|T)"),
     ("py:func", r"asyncio\..*"),
     ("py:obj", r".*\.(T|_T|P)"),
@@ -51,11 +54,25 @@ nitpick_ignore_regex = [
 PUBLIC = {"pangocdp_async": pangocdp_async, "pangocdp_async.testing": pangocdp_async.testing}
 
 
+def _own_docstring(what: str, obj: Any, lines: list[str]) -> bool:
+    """Whether ``obj`` says what it is itself: a class's docstring inherited from its base, or a
+    constant's that is its type's (a tuple's), does not count."""
+    text = "\n".join(lines).strip()
+    if not text:
+        return False
+    if what in ("class", "exception"):
+        return bool((vars(obj).get("__doc__") or "").strip())
+    if what == "data":
+        return text != (inspect.getdoc(type(obj)) or "").strip()
+    return True
+
+
 def _no_docstring(app: Any, what: str, name: str, obj: Any, options: Any,
                   lines: list[str]) -> None:
-    if what == "module":
+    # (dataclass fields, an "attribute" each, are described in their class's docstring)
+    if what in ("module", "attribute"):
         return
-    if not any(line.strip() for line in lines) and not inspect.getdoc(obj):
+    if not _own_docstring(what, obj, lines):
         from sphinx.util import logging as sphinx_logging
         sphinx_logging.getLogger(__name__).warning(
             "%s (%s) has no docstring: every public name needs one", name, what)

@@ -81,4 +81,5 @@ class Margin:
                 raise ValueError(f"Margin.{name} must be a finite number >= 0, got {value!r}")
 
     def widen(self, period: float) -> float:
+        """The length the scheduler counts a window of ``period`` seconds as."""
         return period + self.absolute + self.relative * period

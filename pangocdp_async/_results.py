@@ -105,10 +105,12 @@ class IngestReport:
 
     @property
     def records_unsent(self) -> int:
+        """Records never sent (a resumed job sends them)."""
         return len(self.unsent)
 
     @property
     def records_in_doubt(self) -> int:
+        """Records sent without an answer: the server may or may not have stored them."""
         return len(self.in_doubt)
 
     @property
@@ -118,6 +120,7 @@ class IngestReport:
                 and self.stopped_by is None)
 
     def summary(self) -> str:
+        """One line: records accepted, failed, unsent and in doubt, requests and time."""
         rate = self.records_accepted / self.elapsed_s if self.elapsed_s > 0 else 0.0
         text = (
             f"{self.records_accepted:,} accepted, {self.records_failed:,} failed, "

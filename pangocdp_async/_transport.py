@@ -36,7 +36,10 @@ class Transport(Protocol):
         body: bytes,
         headers: Mapping[str, str],
         params: Mapping[str, str] | None = None,
-    ) -> RawResponse: ...
+    ) -> RawResponse:
+        """Send ``body`` to ``url``; the answer, whatever its status (a connection that fails
+        raises :class:`APIConnectionError`)."""
+        ...
 
 
 class AiohttpTransport:

@@ -43,6 +43,7 @@ class IngestStream:
 
     @property
     def max_batches_queued(self) -> int:
+        """How many full batches may wait for a sender before ``put()`` waits."""
         return self._run.max_queue_depth
 
     async def __aenter__(self) -> IngestStream:

@@ -188,6 +188,7 @@ class QuotaScheduler:
 
     @property
     def backend_name(self) -> str:
+        """``"local"``: the quota lives in this process."""
         return "local"
 
     def bind_credential(self, api_key: str) -> None:

@@ -196,10 +196,12 @@ class SharedQuotaScheduler:
 
     @property
     def backend_name(self) -> str:
+        """Where the quota lives: ``"sqlite"`` or ``"redis"``."""
         return str(getattr(self.backend, "name", type(self.backend).__name__))
 
     @property
     def namespace(self) -> str | None:
+        """The quota's name in the backend (a hash of the API key), once known."""
         return self._namespace
 
     def bind_credential(self, api_key: str) -> None:
@@ -640,6 +642,7 @@ class SharedQuotaScheduler:
 
     @property
     def waiting(self) -> int:
+        """This process's senders waiting for a slot."""
         return len(self._waiters)
 
     def _refresh_usage(self) -> None:

@@ -15,9 +15,13 @@ __all__ = ["QuotaStore", "SQLiteQuotaStore"]
 class QuotaStore(Protocol):
     """Loads and saves one scheduler's state (a JSON-able dict)."""
 
-    def load(self) -> dict[str, Any] | None: ...
+    def load(self) -> dict[str, Any] | None:
+        """The state saved last, or ``None``."""
+        ...
 
-    def save(self, state: dict[str, Any]) -> None: ...
+    def save(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (replacing what was saved)."""
+        ...
 
 
 class SQLiteQuotaStore:
@@ -47,6 +51,7 @@ class SQLiteQuotaStore:
         return f"SQLiteQuotaStore({str(self.path)!r}, key={self.key!r})"
 
     def load(self) -> dict[str, Any] | None:
+        """The state saved last under this key, or ``None``."""
         row = self._conn.execute(
             "SELECT state FROM quota_state WHERE key = ?", (self.key,)
         ).fetchone()
@@ -56,6 +61,7 @@ class SQLiteQuotaStore:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` under this key, in one transaction."""
         self._conn.execute(
             "INSERT INTO quota_state (key, saved_at, state) VALUES (?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET saved_at = excluded.saved_at, state = excluded.state",
@@ -63,4 +69,5 @@ class SQLiteQuotaStore:
         )
 
     def close(self) -> None:
+        """Close the file."""
         self._conn.close()

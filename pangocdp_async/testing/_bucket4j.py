@@ -33,6 +33,7 @@ class ConsumeResult:
 
     @property
     def retry_after_header(self) -> str:
+        """``X-Rate-Limit-Retry-After-Seconds`` as the server sends it (whole seconds)."""
         return str(int(self.wait_s))  # Bucket4j truncates to whole seconds
 
 

@@ -213,6 +213,7 @@ class FakePangoCDP:
         await self.stop()
 
     async def start(self) -> None:
+        """Listen on 127.0.0.1 (an ephemeral port unless one was given)."""
         app = web.Application()
         app.router.add_post(AUTH_PATH, self._handle_auth)
         app.router.add_post(INGEST_PATH, self._handle_ingest)
@@ -228,16 +229,19 @@ class FakePangoCDP:
             )
 
     async def stop(self) -> None:
+        """Stop listening and close open connections."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     @property
     def auth_url(self) -> str:
+        """The auth endpoint's URL (after ``start()``)."""
         return self.base_url + AUTH_PATH
 
     @property
     def ingest_url(self) -> str:
+        """The ingest endpoint's URL (after ``start()``)."""
         return self.base_url + INGEST_PATH
 
     def credentials(self) -> Credentials:
@@ -255,6 +259,7 @@ class FakePangoCDP:
         }
 
     def now(self) -> float:
+        """The server's clock (the injected one, or the event loop's)."""
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     def expire_tokens(self) -> None:

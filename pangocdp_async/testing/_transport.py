@@ -47,6 +47,7 @@ class InProcessTransport:
 
     async def post(self, url: str | URL, *, body: bytes, headers: Mapping[str, str],
                    params: Mapping[str, str] | None = None) -> RawResponse:
+        """Answer with ``respond(request number, body)`` after ``latency`` seconds."""
         self.requests += 1
         n = self.requests
         if self.latency:
