@@ -72,19 +72,20 @@ def main(argv: list[str]) -> int:
     for module, c in sorted(table.items()):
         total.update(c)
         judged = c["detected"] + c["survived"]
-        score = 100.0 * c["detected"] / judged if judged else 100.0
-        if score < args.fail_under:
-            low.append(module)
+        score = 100.0 * c["detected"] / judged if judged else 0.0
+        if (score < args.fail_under or c["not run"]) and sum(c.values()):
+            low.append(module)  # (mutants not run yet: the score is not known)
+        shown = f"{score:.1f}%" if judged else "-"
         print(f"| {module} | {sum(c.values())} | {c['detected']} | {c['survived']} | "
-              f"{c['equivalent']} | {c['not run']} | {score:.1f}% |")
+              f"{c['equivalent']} | {c['not run']} | {shown} |")
     judged = total["detected"] + total["survived"]
+    shown = f"{100.0 * total['detected'] / judged:.1f}%" if judged else "-"
     print(f"| all | {sum(total.values())} | {total['detected']} | {total['survived']} | "
-          f"{total['equivalent']} | {total['not run']} | "
-          f"{100.0 * total['detected'] / judged if judged else 100.0:.1f}% |")
+          f"{total['equivalent']} | {total['not run']} | {shown} |")
     if args.survivors:
         print("\n".join(survivors))
     if low:
-        print(f"under {args.fail_under:g}%: {', '.join(low)}", file=sys.stderr)
+        print(f"under {args.fail_under:g}% or not fully run: {', '.join(low)}", file=sys.stderr)
         return 1
     return 0
 
