@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
+import orjson
 import pytest
+from pydantic import SecretStr
 
 from pangocdp_async import AuthenticationError, PangoCDPClient
+from pangocdp_async._auth import TokenManager
+from pangocdp_async._transport import RawResponse
 from pangocdp_async.testing import FakePangoCDP
 from tests.conftest import ClientFactory, ManualClock
 
@@ -32,6 +38,7 @@ async def test_single_flight_after_expiry(
             *(client.ingest("order", [{"i": i}], source="POS") for i in range(20))
         )
     assert fake.auth_calls == 2
+    assert client.auth_calls == 2
     assert all(r.status == 200 for r in results)
     assert len(fake.accepted) == 21
 
@@ -133,3 +140,61 @@ async def test_auth_failure_reaches_every_waiter(
         )
     assert all(isinstance(r, AuthenticationError) for r in results)
     assert fake.auth_calls == 1
+
+
+async def test_a_token_is_not_used_at_the_instant_it_is_due_for_refresh(
+    fake: FakePangoCDP, make_client: ClientFactory, clock: ManualClock
+) -> None:
+    """The token is good strictly before its stated lifetime minus the 60 s margin: at that
+    instant it is refreshed."""
+    async with make_client(clock=clock) as client:
+        await client.ingest("order", [{"i": 0}], source="POS")
+        clock.advance(1800 - 60)
+        await client.ingest("order", [{"i": 1}], source="POS")
+    assert fake.auth_calls == 2
+
+
+class _AuthOnly:
+    """A transport that answers auth calls with tokens t1, t2, ... and keeps what was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes, dict[str, str]]] = []
+
+    async def post(self, url: Any, *, body: bytes, headers: Mapping[str, str],
+                   params: Mapping[str, str] | None = None) -> RawResponse:
+        self.calls.append((str(url), body, dict(headers)))
+        token = f"t{len(self.calls)}"
+        answer = {"success": True, "token": token, "expiredAfter": 1800}
+        return RawResponse(200, {}, orjson.dumps(answer))
+
+
+def _manager(transport: _AuthOnly, clock: ManualClock) -> TokenManager:
+    return TokenManager(transport=transport, auth_url="http://auth.invalid/api/auth",
+                        username="me", api_key=SecretStr("key-1"),
+                        group_key=SecretStr("group-1"), clock=clock)
+
+
+async def test_the_auth_call_is_one_json_post_of_the_credentials(clock: ManualClock) -> None:
+    transport = _AuthOnly()
+    assert await _manager(transport, clock).get() == "t1"
+    ((url, body, headers),) = transport.calls
+    assert url == "http://auth.invalid/api/auth"
+    assert orjson.loads(body) == {"username": "me", "apiKey": "key-1", "cdpGKey": "group-1"}
+    assert {k.lower(): v for k, v in headers.items()} == {"content-type": "application/json"}
+
+
+async def test_a_401_for_a_token_already_replaced_costs_no_auth_call(clock: ManualClock) -> None:
+    """Two requests sent with t1; the first 401 refreshes to t2; the second 401 (still about
+    t1) is answered with t2 without another auth call. A refused token that is the current
+    one is refreshed."""
+    transport = _AuthOnly()
+    tokens = _manager(transport, clock)
+    assert await tokens.get() == "t1"
+    assert await tokens.refresh("t1") == "t2"
+    assert await tokens.refresh("t1") == "t2"
+    assert tokens.auth_calls == 2
+    assert await tokens.refresh("t2") == "t3"
+    assert tokens.auth_calls == 3
+    assert "t3" not in repr(tokens)
+    assert "key-1" not in repr(tokens)
+    assert "token=valid, auth_calls=3" in repr(tokens)

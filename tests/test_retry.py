@@ -27,6 +27,10 @@ POLICY = RetryPolicy(max_attempts=3, time_budget_s=60.0, max_rate_limited=2)
         (ServerError(status=503), 1, 0, 0.0, 50, Decision.RETRY),
         (ServerError(status=503), 3, 0, 0.0, 50, Decision.FAIL),  # attempts used up
         (ServerError(status=503), 1, 0, 61.0, 50, Decision.FAIL),  # time budget used up
+        (ServerError(status=503), 1, 0, 60.0, 50, Decision.FAIL),  # ... to the last second
+        (ServerError(status=503), 2, 0, 59.9, 50, Decision.RETRY),
+        (RateLimitedError(status=429), 1, 0, 60.0, 50, Decision.FAIL),
+        (RateLimitedError(status=429), 1, 0, 59.9, 50, Decision.AFTER_PAUSE),
         (APIConnectionError("x"), 2, 0, 0.0, 50, Decision.RETRY),
         (APITimeoutError("x"), 2, 0, 0.0, 50, Decision.RETRY),
         (RateLimitedError(status=429), 9, 2, 0.0, 50, Decision.AFTER_PAUSE),  # own counter
