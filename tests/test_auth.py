@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from pangocdp_async import AuthenticationError, PangoCDPClient
+from pangocdp_async import APIStatusError, AuthenticationError, PangoCDPClient, ServerError
 from pangocdp_async._auth import TokenManager
 from pangocdp_async._transport import RawResponse
 from pangocdp_async.testing import FakePangoCDP
@@ -198,3 +198,52 @@ async def test_a_401_for_a_token_already_replaced_costs_no_auth_call(clock: Manu
     assert "t3" not in repr(tokens)
     assert "key-1" not in repr(tokens)
     assert "token=valid, auth_calls=3" in repr(tokens)
+
+
+class _Answers(_AuthOnly):
+    """Answers auth calls with the given (status, body) pairs, in turn."""
+
+    def __init__(self, *answers: tuple[int, bytes]) -> None:
+        super().__init__()
+        self.answers = list(answers)
+
+    async def post(self, url: Any, *, body: bytes, headers: Mapping[str, str],
+                   params: Mapping[str, str] | None = None) -> RawResponse:
+        self.calls.append((str(url), body, dict(headers)))
+        status, answer = self.answers.pop(0)
+        return RawResponse(status, {}, answer)
+
+
+@pytest.mark.parametrize(("status", "body", "message", "request_id"), [
+    (401, b'{"success": false, "errorCode": "E1", "message": "bad key", "requestId": "r-9"}',
+     "bad key", "r-9"),
+    (401, b'{"success": false, "message": "your token abc123 is invalid", "requestId": "r-8"}',
+     "(a message mentioning the token, withheld)", "r-8"),
+    (502, b"<html>token=abc123 proxy error</html>", "the auth answer is not JSON", None),
+])
+async def test_a_failed_auth_keeps_the_status_code_and_id_but_no_token_text(
+        clock: ManualClock, status: int, body: bytes, message: str,
+        request_id: str | None) -> None:
+    tokens = _manager(_Answers((status, body)), clock)
+    with pytest.raises(APIStatusError) as err:
+        await tokens.get()
+    error = err.value
+    assert getattr(error, "status", None) == status
+    assert getattr(error, "message", None) == message
+    assert getattr(error, "request_id", None) == request_id
+    assert "abc123" not in str(error)
+    assert "abc123" not in repr(error)
+
+
+async def test_after_a_failed_refresh_the_next_call_authenticates_again(
+        clock: ManualClock) -> None:
+    ok = orjson.dumps({"success": True, "token": "t1", "expiredAfter": 1800})
+    tokens = _manager(_Answers((200, ok), (503, b"{}"), (200, ok.replace(b"t1", b"t3"))),
+                      clock)
+    assert "token=none" in repr(tokens)
+    assert await tokens.get() == "t1"
+    with pytest.raises(ServerError):
+        await tokens.refresh("t1")
+    assert "token=none" in repr(tokens)
+    assert await tokens.get() == "t3"
+    assert tokens.auth_calls == 3
