@@ -86,6 +86,29 @@ async def _in_flight(backend: SQLiteQuotaBackend) -> tuple[int, int]:
     return used[0] - in_flight, in_flight
 
 
+def _lose_the_reply_then_go_down(hooked: _Hooked) -> None:
+    """The next reservation is applied and its reply lost; its retries find the backend down."""
+    hooked.lose["reserve"] = 1
+    calls = 0
+
+    async def then_down(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+        hooked.down = calls >= 2
+    hooked.before["reserve"] = then_down
+
+
+async def _back_up_then_usage(hooked: _Hooked, s: SharedQuotaScheduler) -> list[int]:
+    """The backend answers again: what was queued (the share's charge too) is applied, and the
+    sends counted in each window are returned; the scheduler is closed."""
+    hooked.down = False
+    await s.flush()
+    await s.flush()  # (the charge is queued when the backend comes back)
+    used = [n for _, n in await s.usage()]
+    await s.close()
+    return used
+
+
 # --- cancellation ------------------------------------------------------------------------------
 @pytest.mark.parametrize("max_wait", [None, 5.0])
 def test_a_waiter_cancelled_as_its_slot_is_granted_gives_the_slot_back(
@@ -257,14 +280,7 @@ def test_a_waiter_that_leaves_during_an_outage_leaves_no_lease(tmp_path: Path) -
 
     async def main() -> tuple[int, int]:
         hooked = _Hooked(_backend(tmp_path))
-        hooked.lose["reserve"] = 1  # the first try is applied, its reply lost ...
-        calls = 0
-
-        async def then_down(*_: Any) -> None:
-            nonlocal calls
-            calls += 1
-            hooked.down = calls >= 2  # ... and the retries find the backend down
-        hooked.before["reserve"] = then_down
+        _lose_the_reply_then_go_down(hooked)
         s = _shared(tmp_path, backend=hooked)
         with pytest.raises(QuotaWaitError):
             await s.reserve(max_wait=0.5)
@@ -581,12 +597,7 @@ def test_what_the_local_share_sent_is_charged_when_the_backend_returns(
         hooked.down = True
         for _ in range(3):
             s.complete(await asyncio.wait_for(s.reserve(), 10.0))
-        hooked.down = False
-        await s.flush()
-        await s.flush()
-        used = [n for _, n in await s.usage()]
-        await s.close()
-        return used
+        return await _back_up_then_usage(hooked, s)
 
     with caplog.at_level(logging.WARNING, logger="pangocdp_async"):
         assert _run(main()) == [3, 3]
@@ -683,12 +694,7 @@ def test_a_rejected_send_on_the_local_share_is_not_charged(tmp_path: Path) -> No
         s.complete(await asyncio.wait_for(s.reserve(), 60.0), rejected=True)
         s.complete(await s.reserve())
         s.complete(await s.reserve(), counted=False)  # never left
-        hooked.down = False
-        await s.flush()
-        await s.flush()
-        used = [n for _, n in await s.usage()]
-        await s.close()
-        return used
+        return await _back_up_then_usage(hooked, s)
 
     assert _run(main()) == [1]
 
@@ -696,14 +702,7 @@ def test_a_rejected_send_on_the_local_share_is_not_charged(tmp_path: Path) -> No
 def test_a_lease_taken_before_the_switch_to_the_local_share_goes_back(tmp_path: Path) -> None:
     async def main() -> tuple[int, int]:
         hooked = _Hooked(_backend(tmp_path))
-        hooked.lose["reserve"] = 1  # applied, reply lost, then down
-        calls = 0
-
-        async def then_down(*_: Any) -> None:
-            nonlocal calls
-            calls += 1
-            hooked.down = calls >= 2
-        hooked.before["reserve"] = then_down
+        _lose_the_reply_then_go_down(hooked)
         s = _shared(tmp_path, backend=hooked, on_backend_down="local-share", local_share=2)
         r = await asyncio.wait_for(s.reserve(), 60.0)  # granted on the local share
         s.complete(r, counted=False)
