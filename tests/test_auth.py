@@ -247,3 +247,16 @@ async def test_after_a_failed_refresh_the_next_call_authenticates_again(
     assert "token=none" in repr(tokens)
     assert await tokens.get() == "t3"
     assert tokens.auth_calls == 3
+
+
+async def test_a_static_token_cannot_be_refreshed_and_never_shows() -> None:
+    from pangocdp_async._auth import StaticToken
+
+    static = StaticToken(SecretStr("static-secret-1"))
+    assert static.can_refresh is False
+    assert await static.get() == "static-secret-1"
+    with pytest.raises(AuthenticationError, match="cannot be refreshed") as err:
+        await static.refresh("static-secret-1")
+    assert err.value.status == 401
+    assert "static-secret-1" not in repr(static)
+    assert "static-secret-1" not in str(err.value)

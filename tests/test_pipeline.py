@@ -381,3 +381,17 @@ async def test_cancel_while_isolating_reports_no_record_twice() -> None:
     assert report.records_unsent + report.records_in_doubt > 0
     assert (report.records_accepted + report.records_failed + len(unsent)
             + report.records_in_doubt) == report.records_read
+
+
+async def test_possible_duplicates_counts_exactly_the_records_that_may_be_stored_twice(
+        clock: ManualClock) -> None:
+    """Three batches of 10; the second is stored and its connection dropped before the answer,
+    so its retry stores it again: exactly those 10 are reported as possible duplicates."""
+    async with FakePangoCDP(rate_limits=None, script=["ok", "drop-after"]) as fake:
+        async with _client(fake, clock) as client:
+            report = await client.ingest_many("order", _records(30), source="POS",
+                                              retry=FAST_RETRY, concurrency=1, batch_size=10)
+    counts = collections.Counter(e["id"] for e in fake.accepted)
+    assert report.records_accepted == 30
+    assert sum(c - 1 for c in counts.values()) == 10
+    assert report.possible_duplicates == 10
