@@ -240,6 +240,11 @@ async def test_a_retried_reservation_and_completion_take_and_count_once(
         # A try of lease 42 delayed on the wire past its completion, and one of lease 43 past
         # the release sent when its waiter gave up: neither takes a lease.
         assert (await backend.reserve(60.0, 42))[1] is None
+        clock.advance(119.0)  # the id of a completed lease is kept two minutes ...
+        assert (await backend.reserve(60.0, 42))[1] is None
+        clock.advance(2.0)  # ... then forgotten (no reply is late by that much)
+        assert (await backend.reserve(60.0, 42))[1] == 42
+        await backend.complete(42, clock.now, False, False)
         await backend.complete(43, float("-inf"), False, False)
         assert (await backend.reserve(60.0, 43))[1] is None
         assert (await backend.usage())[2] == 0
