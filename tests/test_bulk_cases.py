@@ -20,6 +20,7 @@ from pangocdp_async import (
     RequestValidationError,
     RetryPolicy,
 )
+from pangocdp_async._bulk._handover import Handover, StreamClosed
 from pangocdp_async.testing import FakePangoCDP, InProcessTransport, run_in_virtual_time
 
 FAST = RetryPolicy(backoff_initial_s=0.01, max_attempts=3)
@@ -477,3 +478,114 @@ def test_an_on_progress_that_raises_stops_the_run() -> None:
     assert report.records_accepted == 50
     assert (report.records_accepted + report.records_failed + report.records_unsent
             + report.records_in_doubt) == report.records_read
+
+
+def test_stream_pending_counts_records_not_yet_taken_and_errors_name_the_position() -> None:
+    """pending counts what send() handed over and the run has not taken (0 when empty, 0
+    after the block); a refused record is named by its position among the records taken."""
+    async def main() -> tuple[list[int], IngestReport]:
+        seen: list[int] = []
+        async with client_for(InProcessTransport()) as client:
+            stream = client.stream("order", source="POS", max_pending=7, linger=10.0,
+                                   max_batch_bytes=1_000)
+            assert stream.max_pending == 7
+            async with stream:
+                seen.append(stream.pending)
+                for i in range(3):
+                    await stream.send({"id": i})  # room left: returns without yielding
+                seen.append(stream.pending)
+                await asyncio.sleep(0.001)
+                seen.append(stream.pending)  # the run took all three
+                with pytest.raises(RequestValidationError) as bad:
+                    await stream.send({"id": 3, "v": float("nan")})
+                assert bad.value.index == 3
+                with pytest.raises(RequestValidationError, match=r"^entries\[3\]: .* 5,0"):
+                    await stream.send({"id": 3, "blob": "x" * 5_000})
+                await stream.send({"id": 3})
+            seen.append(stream.pending)
+            return seen, stream.report
+    seen, report = run_in_virtual_time(main())
+    assert seen == [0, 3, 0, 0]
+    assert report.records_read == report.records_accepted == 4
+
+
+def test_stream_misuse_errors_say_what_to_do() -> None:
+    """send() outside 'async with' says how to use a stream; entering a stream that is open
+    is refused like entering a used one; after the block send() says the stream is closed."""
+    async def main() -> None:
+        async with client_for(InProcessTransport()) as client:
+            stream = client.stream("order", source="POS")
+            with pytest.raises(RuntimeError,
+                               match=r"^use the stream as 'async with client\.stream"):
+                await stream.send({"id": 1})
+            async with stream:
+                with pytest.raises(RuntimeError, match=r"^this stream was already used; "):
+                    await stream.__aenter__()
+                await stream.send({"id": 1})
+            with pytest.raises(RuntimeError, match=r"^the stream is closed$"):
+                await stream.send({"id": 2})
+            assert stream.report.records_read == 1
+    run_in_virtual_time(main())
+
+
+def test_a_send_while_the_block_is_ending_is_refused_not_stranded() -> None:
+    """Another task's send() while the block is flushing on exit raises StreamClosed (its
+    record is not the run's); the report holds exactly the records whose send() returned."""
+    async def main() -> tuple[IngestReport, list[str]]:
+        outcome: list[str] = []
+        async with client_for(InProcessTransport(latency=1.0)) as client:
+            stream = client.stream("order", source="POS", linger=0.01)
+
+            async def late() -> None:
+                await asyncio.sleep(0.5)  # the block is waiting for its batch now
+                try:
+                    await stream.send({"id": 99})
+                    outcome.append("taken")
+                except RuntimeError as exc:
+                    outcome.append(str(exc))
+            task = asyncio.ensure_future(late())
+            async with stream:
+                await stream.send({"id": 1})
+            await task
+            return stream.report, outcome
+    report, outcome = run_in_virtual_time(main())
+    assert outcome == ["the stream is closed"]
+    assert report.records_read == report.records_accepted == 1
+
+
+def test_cancelling_a_stream_block_raises_cancelled_even_after_the_run_failed() -> None:
+    """The block is cancelled after its run already died: the caller sees CancelledError
+    (what it asked for), not the run's error, and the report is still delivered."""
+    transport = InProcessTransport(lambda n, b: TypeError("bug"))
+
+    async def main() -> IngestReport | None:
+        async with client_for(transport) as client:
+            async def block() -> None:
+                async with client.stream("order", source="POS", linger=0.01) as stream:
+                    await stream.send({"id": 1})
+                    await asyncio.Event().wait()
+            task = asyncio.ensure_future(block())
+            await asyncio.sleep(1.0)  # the run died on the sender's bug meanwhile
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return client.last_report
+    report = run_in_virtual_time(main())
+    assert report is not None
+    assert report.records_in_doubt == 1
+
+
+def test_a_closed_handover_refuses_records_and_markers_by_name() -> None:
+    """Once closed, the stream's buffer refuses a record or a marker with StreamClosed, and
+    hands back what was buffered and never taken."""
+    async def main() -> None:
+        handover = Handover(2)
+        await handover.put("a")
+        handover.put_marker("flush")
+        assert handover.close() == ["a", "flush"]
+        assert len(handover) == 0
+        with pytest.raises(StreamClosed, match=r"^the stream is closed$"):
+            await handover.put("b")
+        with pytest.raises(StreamClosed, match=r"^the stream is closed$"):
+            handover.put_marker("end")
+    run_in_virtual_time(main())
