@@ -55,16 +55,32 @@ def scores(mutants: Path) -> tuple[dict[str, Counter[str]], list[str]]:
     return table, survivors
 
 
+def known(mutants: Path) -> set[str]:
+    """Every mutant's name in the result tree."""
+    return {name for meta in mutants.rglob("*.py.meta")
+            for name in json.loads(meta.read_text())["exit_code_by_key"]}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mutants", type=Path, default=ROOT / "mutants")
     parser.add_argument("--fail-under", type=float, default=0.0)
     parser.add_argument("--survivors", action="store_true", help="list the survivors' names")
+    parser.add_argument("--names", action="store_true",
+                        help="print only the survivors' names, one a line (to re-test them)")
     args = parser.parse_args(argv)
     table, survivors = scores(args.mutants)
+    if args.names:
+        print("\n".join(survivors))
+        return 0
     if not table:
         print(f"no mutmut results under {args.mutants}: run `make mutation`", file=sys.stderr)
         return 2
+    unknown = sorted(set(equivalent()) - known(args.mutants))
+    if unknown:
+        print(f"{EQUIVALENT.name} names mutants that no longer exist (the code changed; "
+              f"judge them again): {', '.join(unknown)}", file=sys.stderr)
+        return 1
     print("| module | mutants | detected | survived | equivalent | not run | score |")
     print("|---|---|---|---|---|---|---|")
     low = []

@@ -40,3 +40,26 @@ def test_the_score_counts_kills_and_timeouts_against_survivors(
 def test_no_results_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert mutation_score.main(["--mutants", str(tmp_path)]) == 2
     assert "make mutation" in capsys.readouterr().err
+
+
+def test_names_lists_the_survivors_to_test_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _meta(tmp_path, "pkg/a.py", {"a.x_f__mutmut_1": 1, "a.x_f__mutmut_2": 0,
+                                 "a.x_f__mutmut_3": 33, "a.x_f__mutmut_4": 0})
+    equivalent = tmp_path / "equivalent.txt"
+    equivalent.write_text("a.x_f__mutmut_4 same\n")
+    monkeypatch.setattr(mutation_score, "EQUIVALENT", equivalent)
+    assert mutation_score.main(["--mutants", str(tmp_path), "--names"]) == 0
+    assert capsys.readouterr().out.split() == ["a.x_f__mutmut_2", "a.x_f__mutmut_3"]
+
+
+def test_an_equivalent_listed_for_a_mutant_that_is_gone_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _meta(tmp_path, "pkg/a.py", {"a.x_f__mutmut_1": 1})
+    equivalent = tmp_path / "equivalent.txt"
+    equivalent.write_text("a.x_f__mutmut_9 it was the same once\n")
+    monkeypatch.setattr(mutation_score, "EQUIVALENT", equivalent)
+    assert mutation_score.main(["--mutants", str(tmp_path)]) == 1
+    assert "a.x_f__mutmut_9" in capsys.readouterr().err
