@@ -1,0 +1,337 @@
+"""A bulk run as a whole: the errors it raises, shutdown (cancelled during a stop, tasks
+cancelled from outside, the code it called finished before it returns), linger, flush. On
+virtual time, through the scripted server of test_bulk_run_sender."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from pangocdp_async import (
+    IngestReport,
+    PipelineError,
+    RawResponse,
+    RecordSourceError,
+)
+from pangocdp_async._bulk._handover import StreamClosed
+from pangocdp_async.testing import VirtualTimeLoop, run_in_virtual_time
+from tests.test_bulk_run_sender import OK, Server, client_for, reply, whole
+
+
+def test_an_async_source_that_raises_is_named_in_the_error() -> None:
+    """The async record source raises after 3 records: RecordSourceError names the source's
+    exception type and counts, carries the whole report, and has the exception as cause."""
+    async def rows() -> AsyncIterator[dict[str, int]]:
+        for i in range(3):
+            yield {"id": i}
+        raise KeyError("gone")
+
+    async def main() -> RecordSourceError:
+        async with client_for(Server()) as client:
+            with pytest.raises(RecordSourceError) as info:
+                await client.ingest_many("order", rows(), source="POS")
+            assert info.value.report is client.last_report
+            return info.value
+    error = run_in_virtual_time(main())
+    assert str(error).startswith("the record source raised KeyError after 3 records; ")
+    assert isinstance(error.__cause__, KeyError)
+    assert error.report.records_read == 3
+    assert whole(error.report)
+
+
+def test_a_sender_crash_is_named_in_the_error() -> None:
+    """The transport raises a TypeError (a bug): PipelineError names it with its message, and
+    counts the records not sent and in doubt."""
+    server = Server(lambda ids: TypeError("bug in the transport"))
+
+    async def main() -> PipelineError:
+        async with client_for(server) as client:
+            with pytest.raises(PipelineError) as info:
+                await client.ingest_many("order", [{"id": i} for i in range(3)],
+                                         source="POS", concurrency=1)
+            return info.value
+    error = run_in_virtual_time(main())
+    assert str(error) == ("a sender crashed (TypeError: bug in the transport); 0 records not "
+                          "sent, 3 in doubt")
+    assert error.report.records_in_doubt == 3
+
+
+def test_a_cancel_during_the_stop_for_refused_credentials_is_raised() -> None:
+    """The run stops because the server refuses the token, while another sender's request is
+    still under way; the caller cancels meanwhile: CancelledError, once that request was
+    answered, and the report is whole."""
+    server = Server(lambda ids: reply(401, message="token refused") if ids == [1] else OK,
+                    delay=lambda ids: 10.0 if ids == [0] else 0.0)
+
+    async def main() -> tuple[IngestReport, float]:
+        loop = asyncio.get_running_loop()
+        async with client_for(server) as client:
+            task = asyncio.ensure_future(client.ingest_many(
+                "order", [{"id": i} for i in range(2)], source="POS", batch_size=1,
+                concurrency=2))
+            await asyncio.sleep(1.0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert client.last_report is not None
+            return client.last_report, loop.time()
+    report, returned_at = run_in_virtual_time(main())
+    assert returned_at == pytest.approx(10.0, abs=0.01)
+    assert report.stopped_by is not None
+    assert report.records_accepted == 1
+    assert whole(report)
+
+
+def test_senders_cancelled_from_outside_before_they_start_are_a_pipeline_error() -> None:
+    """Something cancels the run's tasks before they ran at all (a client closed under it):
+    PipelineError saying so, not a crash of the shutdown."""
+    async def main() -> str:
+        async with client_for(Server()) as client:
+            task = asyncio.ensure_future(client.ingest_many(
+                "order", [{"id": i} for i in range(10)], source="POS", concurrency=2))
+            await asyncio.sleep(0)  # the run made its senders; none has run yet
+            mine = {asyncio.current_task(), task}
+            for other in asyncio.all_tasks():
+                if other not in mine:
+                    other.cancel()
+            with pytest.raises(PipelineError) as info:
+                await task
+            return str(info.value)
+    assert "cancelled from outside" in run_in_virtual_time(main())
+
+
+def test_a_cancelled_run_returns_after_the_source_finished_cleaning_up() -> None:
+    """Cancelled while the reader waits for the async source: the source's own cleanup (which
+    takes a moment) has finished when CancelledError reaches the caller."""
+    cleaned: list[bool] = []
+
+    async def rows() -> AsyncIterator[dict[str, int]]:
+        try:
+            for i in range(1_000):
+                await asyncio.sleep(0.1)
+                yield {"id": i}
+        finally:
+            await asyncio.sleep(0.05)
+            cleaned.append(True)
+
+    async def main() -> IngestReport:
+        async with client_for(Server()) as client:
+            task = asyncio.ensure_future(client.ingest_many("order", rows(), source="POS"))
+            await asyncio.sleep(1.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert cleaned == [True]
+            assert client.last_report is not None
+            return client.last_report
+    assert whole(run_in_virtual_time(main()))
+
+
+def test_a_cancelled_run_returns_after_on_progress_finished_cleaning_up() -> None:
+    """Cancelled while an async on_progress is awaited (a sender with no request under way):
+    the callback's cleanup has finished when CancelledError reaches the caller."""
+    cleaned: list[bool] = []
+
+    async def progress(report: IngestReport) -> None:
+        try:
+            await asyncio.sleep(10.0)
+        finally:
+            await asyncio.sleep(0.05)
+            cleaned.append(True)
+
+    async def main() -> IngestReport:
+        async with client_for(Server()) as client:
+            task = asyncio.ensure_future(client.ingest_many(
+                "order", [{"id": i} for i in range(100)], source="POS", on_progress=progress,
+                concurrency=1))
+            await asyncio.sleep(1.0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert cleaned == [True]
+            assert client.last_report is not None
+            return client.last_report
+    report = run_in_virtual_time(main())
+    assert report.records_accepted == 50
+    assert whole(report)
+
+
+def test_a_request_cancelled_at_the_shutdown_timeout_finished_before_the_run_returns() -> None:
+    """A request still under way when the shutdown timeout runs out is cancelled; the
+    transport's cleanup has finished when CancelledError reaches the caller."""
+    cleaned: list[bool] = []
+
+    class Slow(Server):
+        async def post(self, url: Any, *, body: bytes, headers: Any,
+                       params: Any = None) -> RawResponse:
+            try:
+                await asyncio.sleep(10.0)
+            finally:
+                await asyncio.sleep(0.05)
+                cleaned.append(True)
+            return OK
+
+    async def main() -> IngestReport:
+        async with client_for(Slow()) as client:
+            task = asyncio.ensure_future(client.ingest_many(
+                "order", [{"id": i} for i in range(5)], source="POS", shutdown_timeout=0.5))
+            await asyncio.sleep(1.0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert cleaned == [True]
+            assert client.last_report is not None
+            return client.last_report
+    report = run_in_virtual_time(main())
+    assert report.records_in_doubt == 5
+    assert whole(report)
+
+
+def test_a_flush_racing_the_blocks_exit_returns() -> None:
+    """A flush() begun just as the block exits (its marker lands after the stream's end):
+    it returns once what it covers is settled, without an error."""
+    server = Server()
+
+    async def main() -> IngestReport:
+        async with client_for(server) as client:
+            async with client.stream("order", source="POS", linger=10.0) as stream:
+                await stream.send({"id": 1})
+                flushing = asyncio.ensure_future(stream.flush())
+                await asyncio.sleep(0)  # flush() has started; its marker is not yet in
+            await flushing
+            return stream.report
+    report = run_in_virtual_time(main())
+    assert report.records_accepted == 1
+    assert server.sent == [[1]]
+
+
+def test_a_flush_when_the_stream_stops_says_so() -> None:
+    """flush() waits for a batch still under way when the run stops (the token is refused for
+    another batch): StreamClosed saying the stream stopped before everything was settled."""
+    server = Server(lambda ids: reply(401, message="token refused") if ids == [1] else OK,
+                    delay=lambda ids: 10.0 if ids == [0] else 0.0)
+
+    async def main() -> str:
+        async with client_for(server) as client:
+            stream = client.stream("order", source="POS", batch_size=1, concurrency=2)
+            async with stream:
+                await stream.send({"id": 0})
+                await stream.send({"id": 1})
+                with pytest.raises(StreamClosed) as info:
+                    await stream.flush()
+            return str(info.value)
+    assert run_in_virtual_time(main()) == "the stream stopped before everything was settled"
+
+
+def test_linger_sends_each_partial_batch_in_turn() -> None:
+    """Records sent 2 s apart to a stream with linger=1: each leaves alone, 1 s after it was
+    sent."""
+    async def main() -> list[tuple[float, list[int]]]:
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[float, list[int]]] = []
+
+        def answer(ids: list[int]) -> RawResponse:
+            sent.append((round(loop.time(), 3), ids))
+            return OK
+        async with client_for(Server(answer)) as client:
+            async with client.stream("order", source="POS", linger=1.0) as stream:
+                for i in range(3):
+                    await stream.send({"id": i})
+                    await asyncio.sleep(2.0)
+        return sent
+    assert run_in_virtual_time(main()) == [(1.0, [0]), (3.0, [1]), (5.0, [2])]
+
+
+def test_a_bad_last_record_of_an_async_source_is_counted_read() -> None:
+    """The last record of an async source cannot be encoded: it is failed, and counted among
+    the records read."""
+    async def rows() -> AsyncIterator[Any]:
+        yield {"id": 0}
+        yield {"id": 1, "price": float("nan")}
+
+    async def main() -> IngestReport:
+        async with client_for(Server()) as client:
+            return await client.ingest_many("order", rows(), source="POS")
+    report = run_in_virtual_time(main())
+    assert report.records_read == 2
+    assert [f.position for f in report.failures] == [1]
+    assert report.records_accepted == 1
+
+
+T = TypeVar("T")
+
+
+def run_on(loop: VirtualTimeLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on ``loop`` (a virtual-time loop with its own clock)."""
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+class ExactClockLoop(VirtualTimeLoop):
+    """Virtual time on a clock that reads the same between turns of the loop, as a coarse
+    clock does: a timer fires when the clock reads exactly its deadline."""
+
+    def advance(self, seconds: float) -> None:
+        self._virtual_now += seconds
+
+
+def test_linger_on_a_clock_that_reads_exactly_the_deadline() -> None:
+    """With linger=0.5 the partial batch leaves when the clock reads 0.5, also on a clock that
+    does not move between turns of the loop."""
+    async def main() -> list[tuple[float, list[int]]]:
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[float, list[int]]] = []
+
+        def answer(ids: list[int]) -> RawResponse:
+            sent.append((loop.time(), ids))
+            return OK
+        async with client_for(Server(answer)) as client:
+            async with client.stream("order", source="POS", linger=0.5) as stream:
+                await stream.send({"id": 0})
+                await asyncio.sleep(2.0)
+                assert sent == [(0.5, [0])]
+        return sent
+
+    assert run_on(ExactClockLoop(), main()) == [(0.5, [0])]
+
+
+TICK = 2.0 ** -10
+
+
+class TickingClockLoop(VirtualTimeLoop):
+    """Virtual time on a clock that moves while code runs, as a real one does: every reading
+    is one tick later than the one before."""
+
+    def time(self) -> float:
+        self._virtual_now += TICK
+        return self._virtual_now
+
+
+def test_linger_cuts_a_backlog_once_the_deadline_is_read() -> None:
+    """20 records handed over at once to a stream with linger = 8 ticks of a clock that moves
+    while the run works: the partial batch leaves as soon as the clock reads its deadline,
+    holding the 8 records taken until then; every record is accepted once."""
+    sent: list[list[int]] = []
+
+    async def main() -> IngestReport:
+        def answer(ids: list[int]) -> RawResponse:
+            sent.append(ids)
+            return OK
+        async with client_for(Server(answer)) as client:
+            async with client.stream("order", source="POS", linger=8 * TICK,
+                                     max_pending=100) as stream:
+                for i in range(20):
+                    await stream.send({"id": i})
+            return stream.report
+
+    report = run_on(TickingClockLoop(), main())
+    assert sent[0] == list(range(8))
+    assert sorted(i for ids in sent for i in ids) == list(range(20))
+    assert report.records_accepted == 20
