@@ -1,9 +1,12 @@
 """The mutation score per module, from the last `mutmut run` (`make mutation` prints it).
 
 A mutant is *detected* when a test failed on it (killed), it hung past mutmut's timeout, or it
-did not type-check. Mutants listed in ``tests/mutation_equivalent.txt`` (one per line: the
-mutant's name, then why no behaviour can tell it from the original) are left out of the score;
-every other survivor counts against it. ``--fail-under 90`` exits 1 if a module scores less.
+did not type-check. Mutants listed in ``tests/mutation_equivalent.txt`` are left out of the
+score; every other survivor counts against it. ``--fail-under 90`` exits 1 if a module scores
+less. Each line of that file is a mutant's name, the hash mutmut keeps of the function it
+mutates, and why no behaviour can tell the mutant from the original. A mutant's number names a
+different change once its function is edited, so a line whose hash no longer matches (or whose
+mutant is gone) fails the report until the mutant is judged again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / "tests" / "mutation_equivalent.txt"
@@ -21,44 +25,63 @@ DETECTED = {1: "killed", 3: "killed", -24: "timeout", 24: "timeout", 152: "timeo
 SURVIVED = {0: "survived", 5: "no tests", 33: "no tests"}
 
 
-def equivalent() -> dict[str, str]:
-    """Mutant name -> why it is equivalent."""
-    found: dict[str, str] = {}
+def equivalent() -> dict[str, tuple[str, str]]:
+    """Mutant name -> (its function's hash, why it is equivalent)."""
+    found: dict[str, tuple[str, str]] = {}
     if EQUIVALENT.exists():
         for line in EQUIVALENT.read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                name, _, why = line.partition(" ")
-                found[name] = why.strip()
+                name, _, rest = line.partition(" ")
+                digest, _, why = rest.strip().partition(" ")
+                found[name] = (digest, why.strip())
     return found
+
+
+def _metas(mutants: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(module path, meta) for every mutated module, in order."""
+    return [(str(meta.relative_to(mutants))[: -len(".meta")], json.loads(meta.read_text()))
+            for meta in sorted(mutants.rglob("*.py.meta"))]
+
+
+def function_hash(module: str, meta: dict[str, Any], name: str) -> str | None:
+    """The hash mutmut keeps of the function mutant ``name`` (of ``module``) changes."""
+    prefix = module[: -len(".py")].replace("/", ".") + "."
+    function = name.rsplit("__mutmut_", 1)[0].removeprefix(prefix)
+    digest: str | None = meta.get("hash_by_function_name", {}).get(function)
+    return digest
+
+
+def stale(mutants: Path) -> list[str]:
+    """Equivalents listed for a mutant that is gone or whose function has changed."""
+    listed = equivalent()
+    current: dict[str, str | None] = {}
+    for module, meta in _metas(mutants):
+        for name in meta["exit_code_by_key"]:
+            if name in listed:
+                current[name] = function_hash(module, meta, name)
+    return sorted(name for name, (digest, _) in listed.items() if current.get(name) != digest)
 
 
 def scores(mutants: Path) -> tuple[dict[str, Counter[str]], list[str]]:
     """Counts per module (``detected``, ``survived``, ``equivalent``, ``not run``), and the
-    survivors' names."""
+    survivors' names. A listed equivalent that a test detects counts as detected."""
     same = equivalent()
     table: dict[str, Counter[str]] = {}
     survivors: list[str] = []
-    for meta in sorted(mutants.rglob("*.py.meta")):
-        module = str(meta.relative_to(mutants))[: -len(".meta")]
+    for module, meta in _metas(mutants):
         counts = table.setdefault(module, Counter())
-        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if name in same:
-                counts["equivalent"] += 1
-            elif code in DETECTED:
+        for name, code in meta["exit_code_by_key"].items():
+            if code in DETECTED:
                 counts["detected"] += 1
+            elif name in same:
+                counts["equivalent"] += 1
             elif code in SURVIVED:
                 counts["survived"] += 1
                 survivors.append(name)
             else:
                 counts["not run"] += 1
     return table, survivors
-
-
-def known(mutants: Path) -> set[str]:
-    """Every mutant's name in the result tree."""
-    return {name for meta in mutants.rglob("*.py.meta")
-            for name in json.loads(meta.read_text())["exit_code_by_key"]}
 
 
 def main(argv: list[str]) -> int:
@@ -76,10 +99,10 @@ def main(argv: list[str]) -> int:
     if not table:
         print(f"no mutmut results under {args.mutants}: run `make mutation`", file=sys.stderr)
         return 2
-    unknown = sorted(set(equivalent()) - known(args.mutants))
-    if unknown:
-        print(f"{EQUIVALENT.name} names mutants that no longer exist (the code changed; "
-              f"judge them again): {', '.join(unknown)}", file=sys.stderr)
+    changed = stale(args.mutants)
+    if changed:
+        print(f"{EQUIVALENT.name} lists mutants whose function changed or that are gone "
+              f"(judge them again): {', '.join(changed)}", file=sys.stderr)
         return 1
     print("| module | mutants | detected | survived | equivalent | not run | score |")
     print("|---|---|---|---|---|---|---|")

@@ -335,3 +335,37 @@ def test_linger_cuts_a_backlog_once_the_deadline_is_read() -> None:
     assert sent[0] == list(range(8))
     assert sorted(i for ids in sent for i in ids) == list(range(20))
     assert report.records_accepted == 20
+
+
+class CoarseClockLoop(VirtualTimeLoop):
+    """Virtual time on a loop that runs a timer up to 0.2 s before it is due, as asyncio does
+    within the clock's resolution (15.6 ms on Windows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock_resolution = 0.2
+
+    def advance(self, seconds: float) -> None:
+        # A long wait ends 0.15 s early, and the timer runs then (within the resolution).
+        super().advance(seconds - 0.15 if seconds > 0.15 else seconds)
+
+
+def test_linger_holds_when_the_timer_fires_early() -> None:
+    """With linger=0.5 on a loop whose timers fire early, the lone record still leaves at
+    its deadline, with no flush and no other record to carry it."""
+    async def main() -> list[tuple[float, list[int]]]:
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[float, list[int]]] = []
+
+        def answer(ids: list[int]) -> RawResponse:
+            sent.append((loop.time(), ids))
+            return OK
+        async with client_for(Server(answer)) as client:
+            async with client.stream("order", source="POS", linger=0.5) as stream:
+                await stream.send({"id": 0})
+                await asyncio.sleep(5.0)
+                assert [ids for _, ids in sent] == [[0]]
+        return sent
+
+    sent = run_on(CoarseClockLoop(), main())
+    assert 0.5 <= sent[0][0] <= 0.75

@@ -19,7 +19,7 @@ import inspect
 import logging
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from .._batching import Batch, EntryEncoder
 from .._exceptions import PipelineError, RecordSourceError, RequestValidationError
@@ -339,6 +339,10 @@ class BulkRun:
                     if deadline is not None and loop.time() >= deadline:
                         await self._emit(accumulator.drain())
                         deadline = None
+                    elif deadline is not None and nudge is not None:
+                        # asyncio fires a timer up to the clock's resolution early (15.6 ms
+                        # on Windows): wake again at the deadline.
+                        timer = loop.call_at(deadline, _nudge, nudge)
                     continue
                 if isinstance(item, Flush):
                     await self._emit(accumulator.drain())
@@ -352,7 +356,8 @@ class BulkRun:
                         position, entry, part = accumulator.encode(item)
                     except RequestValidationError as exc:
                         report.records_read = accumulator.read
-                        await ledger.failed([accumulator.read - 1], [item], exc)
+                        # An error about one record names its position (its key, if keyed).
+                        await ledger.failed([cast(int, exc.index)], [item], exc)
                         continue
                 report.records_read = accumulator.read
                 for batch in accumulator.add(position, entry, part):
