@@ -389,7 +389,7 @@ class PangoCDPClient:
                   keys: KeyQueue | None = None) -> BulkRun:
         """A bulk run; ``journal`` and ``keys`` are the checkpointing hooks of the
         ``pangocdp`` command (see :class:`RunJournal` and :class:`Accumulator`)."""
-        if self._transport is None:
+        if self._transport is None or self._tokens is None:  # (an injected transport stays)
             raise RuntimeError("the client is not open: use 'async with PangoCDPClient(...)'")
         envelope = make_envelope(
             object_type, source, je_config_id=je_config_id, je_event_key=je_event_key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -214,23 +215,33 @@ class _Answers(_AuthOnly):
         return RawResponse(status, {}, answer)
 
 
-@pytest.mark.parametrize(("status", "body", "message", "request_id"), [
+@pytest.mark.parametrize(("status", "body", "message", "error_code", "request_id"), [
     (401, b'{"success": false, "errorCode": "E1", "message": "bad key", "requestId": "r-9"}',
-     "bad key", "r-9"),
+     "bad key", "E1", "r-9"),
     (401, b'{"success": false, "message": "your token abc123 is invalid", "requestId": "r-8"}',
-     "(a message mentioning the token, withheld)", "r-8"),
-    (502, b"<html>token=abc123 proxy error</html>", "the auth answer is not JSON", None),
+     "(a message mentioning the token, withheld)", None, "r-8"),
+    (400, b'{"success": false, "errorCode": "NO_USER", "data": {"token": "abc123"}}',
+     None, "NO_USER", None),
+    (502, b"<html>token=abc123 proxy error</html>", "the auth answer is not JSON", None, None),
 ])
 async def test_a_failed_auth_keeps_the_status_code_and_id_but_no_token_text(
-        clock: ManualClock, status: int, body: bytes, message: str,
-        request_id: str | None) -> None:
+        clock: ManualClock, caplog: pytest.LogCaptureFixture, status: int, body: bytes,
+        message: str | None, error_code: str | None, request_id: str | None) -> None:
+    caplog.set_level(logging.WARNING, logger="pangocdp_async")
     tokens = _manager(_Answers((status, body)), clock)
     with pytest.raises(APIStatusError) as err:
         await tokens.get()
     error = err.value
+    # The operator's log says the authentication failed, and why, without the token either.
+    (record,) = [r for r in caplog.records if r.name == "pangocdp_async"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith("authentication failed: ")
+    assert str(error) in record.getMessage()
+    assert "abc123" not in record.getMessage()
     assert getattr(error, "status", None) == status
     assert getattr(error, "message", None) == message
     assert getattr(error, "request_id", None) == request_id
+    assert getattr(error, "error_code", None) == error_code
     assert "abc123" not in str(error)
     assert "abc123" not in repr(error)
 
@@ -255,8 +266,92 @@ async def test_a_static_token_cannot_be_refreshed_and_never_shows() -> None:
     static = StaticToken(SecretStr("static-secret-1"))
     assert static.can_refresh is False
     assert await static.get() == "static-secret-1"
-    with pytest.raises(AuthenticationError, match="cannot be refreshed") as err:
+    with pytest.raises(AuthenticationError) as err:
         await static.refresh("static-secret-1")
     assert err.value.status == 401
-    assert "static-secret-1" not in repr(static)
+    # The message says what to do instead.
+    assert str(err.value) == ("HTTP 401: the static token was refused and cannot be refreshed "
+                              "(pass username and group_key to let the client authenticate)")
+    assert repr(static) == "StaticToken(token='**********')"
     assert "static-secret-1" not in str(err.value)
+
+
+@pytest.mark.parametrize(("status", "body", "text"), [
+    (200, b'{"success": true}', "HTTP 200: the auth answer carries no token"),
+    (201, b'{"success": true, "expiredAfter": 1800}',
+     "HTTP 201: the auth answer carries no token"),
+    (200, b'{"success": true, "token": "", "expiredAfter": 1800}',
+     "HTTP 200: the auth answer carries an empty token"),
+])
+async def test_a_success_without_a_token_is_an_authentication_error(
+        clock: ManualClock, status: int, body: bytes, text: str) -> None:
+    """A 2xx auth answer that says success but holds no usable token is refused by name,
+    with the answer's status."""
+    tokens = _manager(_Answers((status, body)), clock)
+    with pytest.raises(AuthenticationError) as err:
+        await tokens.get()
+    assert err.value.status == status
+    assert str(err.value) == text
+
+
+def test_an_auth_call_cut_short_by_shutdown_reports_no_error() -> None:
+    """A program that ends (asyncio.run cancels what is left) while the auth call is under way
+    gets no "Exception in callback" error from the token cache."""
+    problems: list[dict[str, Any]] = []
+
+    class _Hangs(_AuthOnly):
+        async def post(self, url: Any, *, body: bytes, headers: Mapping[str, str],
+                       params: Mapping[str, str] | None = None) -> RawResponse:
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: problems.append(ctx))
+        tokens = _manager(_Hangs(), ManualClock())
+        asyncio.get_running_loop().create_task(tokens.get())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert tokens.auth_calls == 1  # the auth call is under way when main returns
+
+    asyncio.run(main())
+    assert problems == []
+
+
+class _Lifetimes(_AuthOnly):
+    """Answers auth calls with tokens t1, t2, ... whose answers carry ``fields``."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    async def post(self, url: Any, *, body: bytes, headers: Mapping[str, str],
+                   params: Mapping[str, str] | None = None) -> RawResponse:
+        self.calls.append((str(url), body, dict(headers)))
+        answer = {"success": True, "token": f"t{len(self.calls)}", **self.fields}
+        return RawResponse(200, {}, orjson.dumps(answer))
+
+
+@pytest.mark.parametrize(("fields", "good_for", "lifetime"), [
+    ({"expiredAfter": 100}, 50.0, 100),  # the 60-s margin is capped at half the life
+    ({"expiredAfter": 1}, 0.5, 1),
+    ({"expiredAfter": 600}, 540.0, 600),
+    ({"expiredAfter": 0}, 1740.0, 1800),  # nonsense: the documented 30 minutes instead
+    ({"expiredAfter": -5}, 1740.0, 1800),
+    ({}, 1740.0, 1800),  # no lifetime stated
+])
+async def test_a_token_is_used_for_its_stated_life_less_the_margin(
+        clock: ManualClock, caplog: pytest.LogCaptureFixture, fields: dict[str, Any],
+        good_for: float, lifetime: int) -> None:
+    """The token is reused until its life less the margin has passed, then replaced; the
+    debug log says how long it lives."""
+    caplog.set_level(logging.DEBUG, logger="pangocdp_async")
+    tokens = _manager(_Lifetimes(fields), clock)
+    start = clock.now
+    assert await tokens.get() == "t1"
+    clock.now = start + good_for * 0.99
+    assert await tokens.get() == "t1"
+    clock.now = start + good_for
+    assert await tokens.get() == "t2"
+    assert tokens.auth_calls == 2
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(m.startswith("authenticated;") and m.endswith(f" {lifetime} s") for m in logged)

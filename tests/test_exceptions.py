@@ -14,11 +14,12 @@ from pangocdp_async import (
     BadRequestError,
     PangoCDPError,
     RateLimitedError,
+    RedirectError,
     RequestValidationError,
     ServerError,
     UnsuccessfulResponseError,
 )
-from pangocdp_async._responses import error_for, parse_body
+from pangocdp_async._responses import error_for, parse_body, parse_remaining, request_id_of
 from pangocdp_async._transport import RawResponse
 
 
@@ -65,6 +66,7 @@ def test_status_maps_to_class(status: int, cls: type[APIStatusError]) -> None:
     assert err.error_code == "MISSING_INFO"
     assert err.message == "Invalid value of: objectType"
     assert err.request_id == "r-1"
+    assert err.body == orjson.loads(body)  # the whole answer stays at hand
     assert str(err) == f"HTTP {status} MISSING_INFO: Invalid value of: objectType (request id r-1)"
 
 
@@ -125,3 +127,95 @@ def test_non_json_error_body_is_kept_as_text() -> None:
     assert isinstance(err, ServerError)
     assert err.message == "<html>bad gateway</html>"
     assert err.error_code is None
+
+
+_LONG = "<html>" + "x" * 100 + "</html>"
+
+
+@pytest.mark.parametrize(("raw", "got"), [
+    (b"", "an empty body"),
+    (b"null", "an empty body"),
+    (b'"OK"', "text 'OK'"),
+    (_LONG.encode(), f"text {_LONG[:60]!r}"),
+    (b"[]", "a JSON list"),
+    (b"7", "a JSON int"),
+])
+def test_a_2xx_that_is_not_a_success_says_what_came_instead(raw: bytes, got: str) -> None:
+    """The error of a 2xx that is not {"success": true} names the rule and describes what was
+    received: empty, a text's first 60 characters, or the JSON type."""
+    err = error_for(_raw(200, raw), parse_body(raw))
+    assert isinstance(err, UnsuccessfulResponseError)
+    assert err.message == f'the answer is not a JSON object with "success": true (got {got})'
+    assert err.body == parse_body(raw)
+
+
+@pytest.mark.parametrize(("status", "raw", "message", "request_id"), [
+    (502, b"", None, None),
+    (502, b"[1, 2]", None, None),
+    (500, b'{"success": false, "message": ["not", "text"], "requestId": 123}', None, "123"),
+    (503, b"x" * 300, "x" * 200, None),
+    (503, b"\xffgateway \xfe down", "\ufffdgateway \ufffd down", None),
+])
+def test_an_error_body_off_the_documented_shape_keeps_what_can_be_read(
+        status: int, raw: bytes, message: str | None, request_id: str | None) -> None:
+    """An empty body, a JSON array, fields of the wrong type, a long page, bytes that are not
+    UTF-8: the error keeps its status, a text message cut at 200 characters (undecodable bytes
+    replaced), and a request id however it was spelt; the body stays available."""
+    err = error_for(_raw(status, raw), parse_body(raw))
+    assert isinstance(err, ServerError)
+    assert (err.status, err.error_code, err.message, err.request_id) == (
+        status, None, message, request_id)
+    assert err.body == parse_body(raw)
+
+
+def test_a_429_keeps_its_body() -> None:
+    body = {"success": False, "message": "Too many requests!"}
+    err = error_for(_raw(429, orjson.dumps(body)), body)
+    assert isinstance(err, RateLimitedError)
+    assert (err.status, err.body) == (429, body)
+
+
+def test_the_auth_endpoints_4xx_keeps_status_and_body() -> None:
+    body = {"success": False, "message": "Username or ApiKey is incorrect"}
+    err = error_for(_raw(403), body, auth=True)
+    assert isinstance(err, AuthenticationError)
+    assert (err.status, err.body) == (403, body)
+    assert isinstance(error_for(_raw(500), body, auth=True), ServerError)
+
+
+@pytest.mark.parametrize(("status", "headers", "location"), [
+    (300, CIMultiDict({"Location": "https://h.example/p?q=1"}), "https://h.example"),
+    (399, CIMultiDict(), None),
+    # a transport may answer with a plain dict, spelt as the server spells it
+    (302, {"Location": "http://other.example:8080/x"}, "http://other.example:8080"),
+])
+def test_every_3xx_is_a_redirect_error_saying_where_to(
+        status: int, headers: dict[str, str], location: str | None) -> None:
+    body = {"success": True}
+    err = error_for(RawResponse(status, headers, orjson.dumps(body)), body)
+    assert isinstance(err, RedirectError)
+    assert (err.status, err.location, err.body) == (status, location, None)
+    assert err.message == (f"redirected to {location or 'an unknown location'}; redirects are "
+                           "not followed (check auth_url and ingest_url)")
+
+
+@pytest.mark.parametrize(("status", "is_success"), [(200, True), (299, True), (300, False),
+                                                    (199, False)])
+def test_only_a_2xx_can_be_a_success(status: int, is_success: bool) -> None:
+    body = {"success": True}
+    assert (error_for(_raw(status), body) is None) is is_success
+
+
+@pytest.mark.parametrize(("value", "remaining"), [
+    ("0", 0), (" 7 ", 7), ("-1", None), ("many", None), (None, None)])
+def test_the_remaining_quota_header_is_a_count_or_nothing(
+        value: str | None, remaining: int | None) -> None:
+    headers = CIMultiDict() if value is None else CIMultiDict({"X-Rate-Limit-Remaining": value})
+    assert parse_remaining(RawResponse(200, headers, b"")) == remaining
+
+
+@pytest.mark.parametrize(("body", "request_id"), [
+    ({"requestId": "r-1"}, "r-1"), ({"requestId": 42}, "42"), ({"requestid": "x"}, None),
+    ({}, None), ("requestId", None), (None, None)])
+def test_the_request_id_is_read_from_requestId_only(body: object, request_id: str | None) -> None:
+    assert request_id_of(body) == request_id
