@@ -703,25 +703,151 @@ def test_a_scheduler_moves_to_a_new_event_loop() -> None:
     assert s.reservations == 4
 
 
-def test_bad_arguments() -> None:
-    """Unknown policy, half-injected time and out-of-range numbers are refused by name."""
-    with pytest.raises(ValueError, match="policy"):
-        QuotaScheduler(policy="leaky")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="together"):
-        QuotaScheduler(clock=lambda: 0.0)
-    with pytest.raises(ValueError, match="save_every"):
-        QuotaScheduler(save_every=0)
-    with pytest.raises(ValueError, match="max_retry_after"):
-        QuotaScheduler(max_retry_after=0)
-    with pytest.raises(TypeError, match="max_retry_after"):
-        QuotaScheduler(max_retry_after="60")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="clock_step_allowance"):
-        QuotaScheduler(clock_step_allowance=float("nan"))
-    with pytest.raises(TypeError, match="count_rejected"):
-        QuotaScheduler(count_rejected=1)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="margin"):
-        QuotaScheduler(margin=0.25)  # type: ignore[arg-type]
+class _OnlyLoad:
+    def load(self) -> None:
+        return None
 
+
+class _OnlySave:
+    def save(self, state: object) -> None:
+        pass
+
+
+def _tick() -> float:
+    return 0.0
+
+
+async def _nap(seconds: float) -> None:
+    pass
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"policy": "leaky"}, ValueError,
+     "policy must be 'sliding' or 'token-bucket', got 'leaky'"),
+    ({"policy": "SLIDING"}, ValueError,
+     "policy must be 'sliding' or 'token-bucket', got 'SLIDING'"),
+    ({"save_every": 0}, ValueError, "save_every must be >= 1, got 0"),
+    ({"save_every": "5"}, TypeError, "save_every must be an int, got '5'"),
+    ({"clock": 5, "sleep": _nap}, TypeError, "clock must be callable, got 5"),
+    ({"clock": _tick, "sleep": 5}, TypeError, "sleep must be callable, got 5"),
+    ({"clock": _tick}, ValueError, "inject clock and sleep together (or neither)"),
+    ({"sleep": _nap}, ValueError, "inject clock and sleep together (or neither)"),
+    ({"wall_clock": 5}, TypeError, "wall_clock must be callable, got 5"),
+    ({"store": object()}, TypeError, "store must have load() and save(), got object"),
+    ({"store": _OnlyLoad()}, TypeError, "store must have load() and save(), got _OnlyLoad"),
+    ({"store": _OnlySave()}, TypeError, "store must have load() and save(), got _OnlySave"),
+    ({"max_retry_after": 0}, ValueError,
+     "max_retry_after must be a finite number of seconds > 0, got 0"),
+    ({"max_retry_after": "60"}, TypeError,
+     "max_retry_after must be a number of seconds, got '60'"),
+    ({"clock_step_allowance": float("nan")}, ValueError,
+     "clock_step_allowance must be a finite number of seconds >= 0, got nan"),
+    ({"clock_step_allowance": None}, TypeError,
+     "clock_step_allowance must be a number of seconds, got None"),
+    ({"retry_after_pad": -1.0}, ValueError,
+     "retry_after_pad must be a finite number of seconds >= 0, got -1.0"),
+    ({"retry_after_pad": None}, TypeError, "retry_after_pad must be a number of seconds, got None"),
+    ({"count_rejected": 1}, TypeError, "count_rejected must be True or False, got 1"),
+    ({"rng": 7}, TypeError, "rng must be a random.Random, got int"),
+    ({"margin": 0.25}, TypeError, "margin must be a Margin, got float"),
+])
+def test_bad_arguments_are_refused_by_name(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Unknown policy, half-injected time, wrong types and out-of-range numbers are refused
+    with an error naming the argument and showing the bad value."""
+    with pytest.raises(error) as caught:
+        QuotaScheduler(**kwargs)
+    assert str(caught.value) == message
+
+
+def test_the_arguments_at_their_bounds_and_defaults_are_kept() -> None:
+    """What a scheduler was given is what it shows; a fresh one has counted nothing."""
+    margin = Margin(0.5, 0.0)
+    rng = random.Random(1)
+    s = QuotaScheduler([RateLimit(3, 10.0), RateLimit(2, 1.0)], policy="token-bucket",
+                       margin=margin, save_every=1, max_retry_after=7, retry_after_pad=0,
+                       clock_step_allowance=0, rng=rng, clock=_tick, sleep=_nap)
+    assert s.limits == (RateLimit(2, 1.0), RateLimit(3, 10.0))
+    assert s.policy == "token-bucket"
+    assert s.margin is margin
+    assert (s.max_retry_after, s.retry_after_pad, s.clock_step_allowance) == (7.0, 0.0, 0.0)
+    assert s.count_rejected is False
+    assert s.backend_name == "local"
+    assert (s.reservations, s.rate_limited, s.tightened, s.backend_errors) == (0, 0, 0, 0)
+    assert s.backend_down_since is None
+    assert (s.in_flight, s.waiting) == (0, 0)
+    default = QuotaScheduler()
+    assert default.policy == "sliding"
+    assert default.margin == Margin()
+    assert (default.max_retry_after, default.retry_after_pad) == (3600.0, 1.0)
+    assert default.clock_step_allowance == 2.0
+    assert default.count_rejected is False
+
+
+class _Extreme(random.Random):
+    """Draws the low or the high end of every uniform range."""
+
+    def __init__(self, high: bool) -> None:
+        super().__init__(0)
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
+
+
+@pytest.mark.parametrize(("high", "hint", "pause"), [
+    (False, 2.0, 3.0), (True, 2.0, 3.3), (True, 0.5, 1.65), (False, 0.5, 1.5),
+    (True, None, 1.1), (True, -3.0, 1.1), (True, float("nan"), 1.1),
+])
+def test_a_429_pauses_for_the_hint_plus_the_pad_stretched_by_up_to_10_percent(
+    clock: ManualClock, high: bool, hint: float | None, pause: float
+) -> None:
+    """The pause is (retry-after + 1 s) times 1 to 1.1, drawn from the given rng; a missing
+    or unreadable retry-after counts as 0."""
+    s = QuotaScheduler(TWO, clock=clock, sleep=clock.sleep, rng=_Extreme(high))
+    assert s.on_rate_limited(hint) - clock.now == pytest.approx(pause)
+    assert s.next_free() == pytest.approx(pause)
+
+
+@pytest.mark.parametrize(("gap", "full"), [(300.0, [2, 3]), (300.5, [2, 0])])
+def test_429s_up_to_five_minutes_after_a_pause_are_one_episode(
+    clock: ManualClock, gap: float, full: list[int]
+) -> None:
+    """A 429 five minutes after the last pause ended still escalates (both windows modeled
+    full); one later starts a new episode (the shortest window only)."""
+    s = QuotaScheduler(TWO, clock=clock, sleep=clock.sleep, margin=NO_MARGIN,
+                       rng=_Extreme(False))
+    until = s.on_rate_limited(0.0)  # a pause of exactly 1 s
+    clock.advance(until - clock.now + gap)
+    s.on_rate_limited(0.0)
+    assert [used for _, used in s.window_usage()] == full
+
+
+def test_a_429_for_a_send_started_as_the_pause_began_is_only_counted(
+    clock: ManualClock,
+) -> None:
+    s = QuotaScheduler(TWO, clock=clock, sleep=clock.sleep, rng=_Extreme(False))
+    r = s.try_reserve()
+    assert r is not None
+    until = s.on_rate_limited(0.0)
+    s.complete(r, rejected=True)
+    assert s.on_rate_limited(30.0, r) == until
+    assert s.rate_limited == 2
+
+
+def test_reservations_are_numbered_from_one(clock: ManualClock) -> None:
+    s = QuotaScheduler([RateLimit(5, 1.0)], clock=clock, sleep=clock.sleep)
+    taken = [s.try_reserve() for _ in range(3)]
+    assert [r.seq for r in taken if r is not None] == [1, 2, 3]
+    assert s.reservations == 3
+    assert s.in_flight == 3
+
+
+async def test_closing_an_unused_scheduler_is_harmless() -> None:
+    s = QuotaScheduler()
+    await s.close()
+    assert s.waiting == 0
 
 
 def test_the_ramp_after_a_429_stops_limiting_at_64() -> None:
@@ -742,3 +868,61 @@ def test_the_ramp_after_a_429_stops_limiting_at_64() -> None:
         await asyncio.gather(*(one() for _ in range(200)))
         return [rounds[t] for t in sorted(rounds)]
     assert virtual(main) == [1, 2, 8, 189]
+
+
+def test_capacity_and_next_free_at_the_edge_of_a_window(clock: ManualClock) -> None:
+    """A fresh scheduler has capacity now; a spent window has none until exactly one span
+    after its send, when it has again."""
+    s = QuotaScheduler([RateLimit(1, 1.0)], clock=clock, sleep=clock.sleep, margin=NO_MARGIN)
+    assert s.has_capacity() is True
+    assert s.next_free() == 0.0
+    r = s.try_reserve()
+    assert r is not None
+    s.complete(r)
+    assert s.has_capacity() is False
+    assert s.next_free() == 1.0
+    clock.advance(1.0)
+    assert s.has_capacity() is True
+    assert s.next_free() == 0.0
+
+
+async def test_injected_sleep_waits_only_as_long_as_the_window_needs(
+    clock: ManualClock,
+) -> None:
+    """The injected sleep is asked for the exact time to the next slot, however short."""
+    s = QuotaScheduler([RateLimit(1, 0.25)], clock=clock, sleep=clock.sleep, margin=NO_MARGIN)
+    start = clock.now
+    stamps = []
+    for _ in range(3):
+        async with s.slot() as r:
+            stamps.append(r.stamp - start)
+    assert stamps == [0.0, 0.25, 0.5]
+    assert clock.slept == 0.5
+
+
+def test_repr_without_a_loop_shows_the_configuration() -> None:
+    assert repr(QuotaScheduler(TWO, policy="token-bucket")) == (
+        "QuotaScheduler(policy='token-bucket', windows=[2/1s, 3/10s])")
+
+
+def test_repr_shows_every_window_and_the_pause_left(clock: ManualClock) -> None:
+    s = QuotaScheduler(TWO, clock=clock, sleep=clock.sleep, margin=NO_MARGIN,
+                       rng=random.Random(1))
+    assert "windows=[2/1s: 0 used, 3/10s: 0 used]" in repr(s)
+    assert "paused=0.000s" in repr(s)
+    until = s.on_rate_limited(3.0)
+    clock.advance(1.0)
+    assert f"paused={until - clock.now:.3f}s" in repr(s)
+    assert "rate_limited=1)" in repr(s)
+
+
+def test_memory_entries_counts_each_window_s_records(clock: ManualClock) -> None:
+    """Three sends answered at three moments: three entries in each of the two windows."""
+    s = QuotaScheduler(TWO, clock=clock, sleep=clock.sleep, margin=NO_MARGIN)
+    assert s.memory_entries() == 0
+    for _ in range(3):
+        r = s.try_reserve()
+        assert r is not None
+        s.complete(r)
+        clock.advance(1.0)
+    assert s.memory_entries() == 6
