@@ -44,6 +44,8 @@ test-all: lint
 # Not part of test-all or CI (it takes a long while): after changing the core or its tests.
 # mutmut keeps a verdict until the function changes: survivors are tried again, so tests added
 # since the last run count.
+# A test a mutant hangs fails after 5 s (pytest-timeout; every test left in takes under 1 s).
+mutation: export PYTEST_TIMEOUT = 5
 mutation: $(VENV)/.installed-test
 	$(BIN)/mutmut run --max-children 2
 	survivors="$$($(BIN)/python tests/mutation_score.py --names)"; \
