@@ -4,8 +4,10 @@ told when loading or saving fails."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
-import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -113,29 +115,43 @@ def test_a_save_while_running_charges_lost_sends_and_close_does_not() -> None:
     assert run_in_virtual_time(main()) == [8, 0]
 
 
-class GatedStore(MemoryStore):
-    """The save taken while a send was in flight waits (up to 20 ms) for a later one to begin:
-    it lands last unless the scheduler writes one save at a time."""
+class HeldExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, holding each call (a store's save) until ``run_one()``:
+    the test decides when a background write happens."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.gate = threading.Event()
+        super().__init__(max_workers=1)
+        self.held: list[tuple[concurrent.futures.Future[Any], Callable[..., Any],
+                              tuple[Any, ...]]] = []
 
-    def save(self, state: dict[str, Any]) -> None:
-        if state["in_flight"]:
-            self.gate.wait(0.02)
-        else:
-            self.gate.set()
-        self.saved.append(state)
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.held.append((future, functools.partial(fn, **kwargs), args))
+        return future
+
+    def run_one(self) -> None:
+        future, fn, args = self.held.pop(0)
+        future.set_result(fn(*args))
 
 
 def test_save_waits_for_a_background_save_so_the_newest_lands_last() -> None:
+    """save() while a background save is under way starts its write only after that one is
+    done, so the newest state is the one left in the store."""
     async def main() -> list[int]:
-        store = GatedStore()
+        executor = HeldExecutor()
+        asyncio.get_running_loop().set_default_executor(executor)
+        store = MemoryStore()
         s = sched(store, save_every=1)
         await one_send(s)  # a background save starts, taken with the send in flight
-        await s.save()
-        await asyncio.get_running_loop().shutdown_default_executor()  # every write done
+        task = asyncio.ensure_future(s.save())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(executor.held) == 1  # the new save waits for the one under way
+        while not task.done():
+            if executor.held:
+                executor.run_one()
+            await asyncio.sleep(0)
         return [state["in_flight"] for state in store.saved]
     assert run_in_virtual_time(main()) == [1, 0]
 

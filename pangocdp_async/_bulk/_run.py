@@ -342,6 +342,8 @@ class BulkRun:
                     elif deadline is not None and nudge is not None:
                         # asyncio fires a timer up to the clock's resolution early (15.6 ms
                         # on Windows): wake again at the deadline.
+                        if timer is not None:
+                            timer.cancel()
                         timer = loop.call_at(deadline, _nudge, nudge)
                     continue
                 if isinstance(item, Flush):
