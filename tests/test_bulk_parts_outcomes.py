@@ -153,3 +153,14 @@ def test_an_async_sink_is_awaited_for_each_failure() -> None:
     report = ingest(MIXED, dead_letter=sink)
     assert dead == [1, 2, 3]
     assert report.dead_letter_error is None
+
+
+def test_records_in_doubt_are_the_callers_own_objects() -> None:
+    """Records read one by one (a byte limit) and left in doubt are reported as the very
+    dicts the caller passed, not copies."""
+    def respond(n: int, body: bytes) -> Any:
+        return APIConnectionError("reset after sending", maybe_sent=True)
+    items = [{"id": i} for i in range(3)]
+    report = ingest(items, InProcessTransport(respond), max_batch_bytes=100_000)
+    assert [d.position for d in report.in_doubt] == [0, 1, 2]
+    assert all(d.record is items[d.position] for d in report.in_doubt)
