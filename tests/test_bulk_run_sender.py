@@ -63,6 +63,7 @@ class Server:
         self.auth = list(auth or [])
         self.auth_calls = 0
         self.sent: list[list[int]] = []
+        self.sent_at: list[float] = []  # when each ingest request arrived
         self.stored: list[int] = []
 
     async def post(self, url: str | URL, *, body: bytes, headers: Mapping[str, str],
@@ -76,6 +77,7 @@ class Server:
             return first
         ids = [e["id"] for e in orjson.loads(body)["entries"]]
         self.sent.append(ids)
+        self.sent_at.append(asyncio.get_running_loop().time())
         if self.delay is not None:
             await asyncio.sleep(self.delay(ids))
         answer = self.answer(ids)
@@ -88,9 +90,11 @@ class Server:
 
 def client_for(server: Server, *, token: bool = True, **kwargs: Any) -> PangoCDPClient:
     kwargs.setdefault("retry", FAST)
+    if "limiter" not in kwargs:
+        kwargs.setdefault("rate_limits", ())
     creds: dict[str, Any] = ({"token": "t"} if token
                              else {"username": "u", "group_key": "g"})
-    return PangoCDPClient(api_key="k", transport=server, rate_limits=(), **creds, **kwargs)
+    return PangoCDPClient(api_key="k", transport=server, **creds, **kwargs)
 
 
 def ingest(server: Server, n: int, *, token: bool = True, **kwargs: Any) -> IngestReport:
@@ -313,7 +317,7 @@ def test_an_envelope_refusal_is_logged_with_the_error_and_the_count(
 @pytest.mark.parametrize("status", [400, 401, 403])
 def test_credentials_refused_by_the_auth_call_stop_the_run(status: int) -> None:
     """The auth call refuses the credentials (400, 401 or 403): one auth call, no ingest
-    request, the run stopped with that error; the batch failed, the rest not read."""
+    request, the run stopped with that error; the batch failed with it, the rest not read."""
     server = Server(auth=[reply(status, success=False, message="wrong credentials")] * 5)
     report = ingest(server, 10, token=False, batch_size=5)
     assert server.auth_calls == 1
@@ -321,15 +325,19 @@ def test_credentials_refused_by_the_auth_call_stop_the_run(status: int) -> None:
     assert isinstance(report.stopped_by, AuthenticationError)
     assert report.stopped_by.status == status
     assert report.records_failed == report.records_read == 5  # the rest never read
+    assert [f.position for f in report.failures] == [0, 1, 2, 3, 4]
+    assert all(f.error is report.stopped_by for f in report.failures)
+    assert whole(report)
 
 
-def test_an_auth_call_whose_connection_fails_is_retried() -> None:
+@pytest.mark.parametrize("failures", [1, 2])
+def test_an_auth_call_whose_connection_fails_is_retried(failures: int) -> None:
     """A connection error on the auth call is not a refusal: the batch is retried, and
-    everything is accepted after a second auth call."""
-    server = Server(auth=[APIConnectionError("reset", maybe_sent=False)])
+    everything is accepted after another auth call; each failed auth call is counted."""
+    server = Server(auth=[APIConnectionError("reset", maybe_sent=False)] * failures)
     report = ingest(server, 3, token=False)
-    assert server.auth_calls == 2
-    assert report.auth_failures == 1
+    assert server.auth_calls == failures + 1
+    assert report.auth_failures == failures
     assert report.records_accepted == 3
     assert report.stopped_by is None
 

@@ -431,8 +431,12 @@ class BulkRun:
         except RunRefused as refused:
             self.report.stopped_by = refused.error
             self._stopping = True
-            self._finished(batch)
-            state.end()
+            # The records of the batch not yet settled (the rest of a batch being split) are
+            # not tried further: in doubt if a request for them may have arrived, else unsent.
+            assert self._ledger is not None
+            if not state.uncertain:
+                self._finished(batch)  # (a batch with records in doubt stays under way)
+            self._ledger.stopped(state)
             return
         self._finished(batch)
         state.end()
