@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import random
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -522,7 +523,9 @@ def test_a_scheduler_with_senders_on_a_running_loop_refuses_another(tmp_path: Pa
         thread.join()
         assert len(errors) == 1
         assert isinstance(errors[0], RuntimeError)
-        assert "another event loop" in str(errors[0])
+        assert re.fullmatch(r"this SharedQuotaScheduler has senders waiting or in flight on "
+                            r"another event loop; a scheduler serves one loop at a time",
+                            str(errors[0]))
         s.complete(r)
         await s.close()
 

@@ -593,15 +593,17 @@ class SharedQuotaScheduler:
         completions and 429s (for up to ``2 s`` if the backend is down), release the backend's
         connections. The scheduler can be used again afterwards."""
         self._generation += 1
-        if self._ops and self._loop is not asyncio.get_running_loop():
+        if (self._ops or self._granted) and self._loop is not asyncio.get_running_loop():
             with contextlib.suppress(RuntimeError):  # (the other loop still serves: its own)
-                self._ensure_worker()  # what an ended loop left queued is applied here
+                self._ensure_worker()  # what an ended loop left queued or in flight: applied
         for waiter in list(self._waiters):
             if not waiter.done():
                 waiter.cancel()
         for op in self._ops:
             if op.kind in ("reserve", "usage") and op.future is not None:
                 op.future.cancel()
+        if self._fallback is not None:
+            await self._fallback.close()  # (fails a head waiting on the local share)
         if self._changed is not None:
             self._changed.set()
         try:
@@ -654,7 +656,6 @@ class SharedQuotaScheduler:
             return
         if loop.time() - self._usage_at < USAGE_REFRESH_S:
             return
-        self._usage_pending = True
 
         def done(result: tuple[float, list[int], int, float]) -> None:
             now_b, used, _, due = result
@@ -664,6 +665,8 @@ class SharedQuotaScheduler:
             self._usage_pending = False
 
         self._submit("usage", self.backend.usage, wait=False, done=done)
+        # (after _submit: binding to a new loop clears it, and if it raises nothing is asked)
+        self._usage_pending = True
 
     def window_usage(self) -> list[tuple[RateLimit, int]]:
         """Sends counted in each window by every process (in flight included), as of the last
