@@ -32,6 +32,8 @@ from tests.test_bulk_run_sender import OK, Answer, Server, client_for, ingest, r
 
 def scripted(script: dict[tuple[int, ...], list[RawResponse]]) -> Answer:
     """Each request gets the next answer scripted for its ids (200 once those run out)."""
+    script = {ids: list(answers) for ids, answers in script.items()}  # (the table stays whole)
+
     def answer(ids: list[int]) -> RawResponse:
         queue = script.get(tuple(ids), [])
         return queue.pop(0) if queue else OK
@@ -40,6 +42,8 @@ def scripted(script: dict[tuple[int, ...], list[RawResponse]]) -> Answer:
 
 def first_call_takes(seconds: dict[tuple[int, ...], float]) -> Callable[[list[int]], float]:
     """The first request for each of these ids takes that long to answer; the rest, no time."""
+    seconds = dict(seconds)  # (the table stays whole: a test may run twice in one process)
+
     def delay(ids: list[int]) -> float:
         return seconds.pop(tuple(ids), 0.0)
     return delay
