@@ -15,6 +15,7 @@ from yarl import URL
 from pangocdp_async import (
     AuthenticationError,
     PangoCDPClient,
+    QuotaScheduler,
     RawResponse,
     UnsuccessfulResponseError,
 )
@@ -176,3 +177,52 @@ async def test_a_2xx_that_says_it_failed_counts_no_record_accepted(clock: Manual
             await client.ingest("order", [{"a": 1}, {"a": 2}], source="POS")
         await client.ingest("order", [{"a": 1}, {"a": 2}, {"a": 3}], source="POS")
     assert client.stats.records_accepted == 3
+
+
+_REFUSED: list[tuple[dict[str, Any], type[Exception], str]] = [
+    ({"username": 1, "api_key": "k", "group_key": "g"}, TypeError,
+     "username must be a str, got int"),
+    ({"username": "u", "api_key": 1, "group_key": "g"}, TypeError,
+     "api_key must be a str, got int"),
+    ({"username": "u", "api_key": "k", "group_key": 1}, TypeError,
+     "group_key must be a str, got int"),
+    ({"api_key": "k", "token": 1}, TypeError, "token must be a str, got int"),
+    ({"api_key": "k", "token": "t", "auth_url": 1}, TypeError,
+     "auth_url must be a str, got int"),
+    ({"api_key": "k", "token": "t", "ingest_url": 1}, TypeError,
+     "ingest_url must be a str, got int"),
+    ({"api_key": "k"}, ValueError,
+     "username and group_key required to authenticate: pass them (or set PANGOCDP_USERNAME "
+     "and PANGOCDP_GROUP_KEY), or pass a static token="),
+    ({"api_key": "k", "token": " "}, ValueError, "token must not be empty"),
+    ({"api_key": "k", "token": "t", "limiter": QuotaScheduler(()), "rate_limits": ()},
+     ValueError, "pass either a limiter object or rate_limits=, not both"),
+    ({"api_key": "k", "token": "t", "auth_url": ""}, ValueError,
+     "auth_url must be an http(s) URL with a host, got ''"),
+    ({"api_key": "k", "token": "t", "ingest_url": "ftp://x"}, ValueError,
+     "ingest_url must be an http(s) URL with a host, got 'ftp://x'"),
+    ({"api_key": "k", "token": "t", "limiter": 3}, TypeError,
+     "limiter must be a QuotaScheduler, a SharedQuotaScheduler or a quota spec such as "
+     "'sqlite:PATH', got int"),
+    ({"api_key": "k", "token": "t", "session": 3}, TypeError,
+     "session must be an aiohttp.ClientSession, got int"),
+    ({"api_key": "k", "token": "t", "transport": 3}, TypeError,
+     "transport must have an async post(), got int"),
+    ({"api_key": "k", "token": "t", "timeout": 0}, ValueError,
+     "timeout must be a finite number of seconds > 0, got 0"),
+    ({"api_key": "k", "token": "t", "retry": 3}, TypeError,
+     "retry must be a RetryPolicy, got int"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "kind", "message"), _REFUSED)
+def test_bad_credentials_and_settings_are_refused_by_name(
+        kwargs: dict[str, Any], kind: type[Exception], message: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each refusal says which argument is wrong and, for what is missing, how to give it."""
+    for name in ("PANGOCDP_USERNAME", "PANGOCDP_API_KEY", "PANGOCDP_GROUP_KEY",
+                 "PANGOCDP_AUTH_URL", "PANGOCDP_INGEST_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(kind) as info:
+        PangoCDPClient(**kwargs)
+    assert str(info.value) == message

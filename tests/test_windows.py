@@ -106,7 +106,7 @@ def test_restore_refuses_lists_of_different_lengths(
     w = make()
     w.record(0.5, 2)
     before = w.export(0.0)
-    with pytest.raises(ValueError):  # (the scheduler's state check names the fields)
+    with pytest.raises(ValueError):  # noqa: PT011 (the state check names the fields; here: refused)
         w.restore({"max_requests": 10, "period": 1.0, "ms": ms, "n": n}, 0.0, 1.0)
     assert w.export(0.0) == before
 
