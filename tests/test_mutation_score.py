@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,17 @@ def test_a_listed_equivalent_that_a_test_detects_counts_as_detected(
     listed.write_text("pkg.a.x_f__mutmut_1 h1 thought the same\n")
     assert mutation_score.main(["--mutants", str(tmp_path)]) == 0
     assert "| pkg/a.py | 2 | 1 | 1 | 0 | 0 | 50.0% |" in capsys.readouterr().out
+
+
+def test_the_tests_left_out_of_the_mutation_run_exist_and_the_readme_counts_them() -> None:
+    """Each test `[tool.mutmut]` deselects is still defined (a renamed one would quietly run
+    again), and the README's count of them is right."""
+    root = Path(__file__).resolve().parent.parent
+    left_out = re.findall(r'"--deselect", "([^"]+)"', (root / "pyproject.toml").read_text())
+    assert left_out
+    for node in left_out:
+        path, _, name = node.partition("::")
+        function = name.split("[")[0]
+        assert re.search(rf"^(async )?def {function}\(", (root / path).read_text(), re.M), node
+    assert f"The {len(left_out)} tests that take over a second under mutation" in " ".join(
+        (root / "README.md").read_text().split())
