@@ -18,6 +18,7 @@ from pangocdp_async import (
 )
 from pangocdp_async._bulk._handover import StreamClosed
 from pangocdp_async.testing import VirtualTimeLoop, run_in_virtual_time
+from tests.test_bulk_cases import cancel_after
 from tests.test_bulk_run_sender import OK, Server, client_for, reply, whole
 
 
@@ -120,13 +121,9 @@ def test_a_cancelled_run_returns_after_the_source_finished_cleaning_up() -> None
     async def main() -> IngestReport:
         async with client_for(Server()) as client:
             task = asyncio.ensure_future(client.ingest_many("order", rows(), source="POS"))
-            await asyncio.sleep(1.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert cleaned == [True]
-            assert client.last_report is not None
-            return client.last_report
+            report = await cancel_after(client, task, 1.05)
+            assert cleaned == [True]  # (its cleanup was done when CancelledError came)
+            return report
     assert whole(run_in_virtual_time(main()))
 
 
@@ -147,13 +144,9 @@ def test_a_cancelled_run_returns_after_on_progress_finished_cleaning_up() -> Non
             task = asyncio.ensure_future(client.ingest_many(
                 "order", [{"id": i} for i in range(100)], source="POS", on_progress=progress,
                 concurrency=1))
-            await asyncio.sleep(1.0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert cleaned == [True]
-            assert client.last_report is not None
-            return client.last_report
+            report = await cancel_after(client, task, 1.0)
+            assert cleaned == [True]  # (its cleanup was done when CancelledError came)
+            return report
     report = run_in_virtual_time(main())
     assert report.records_accepted == 50
     assert whole(report)
@@ -178,13 +171,9 @@ def test_a_request_cancelled_at_the_shutdown_timeout_finished_before_the_run_ret
         async with client_for(Slow()) as client:
             task = asyncio.ensure_future(client.ingest_many(
                 "order", [{"id": i} for i in range(5)], source="POS", shutdown_timeout=0.5))
-            await asyncio.sleep(1.0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert cleaned == [True]
-            assert client.last_report is not None
-            return client.last_report
+            report = await cancel_after(client, task, 1.0)
+            assert cleaned == [True]  # (its cleanup was done when CancelledError came)
+            return report
     report = run_in_virtual_time(main())
     assert report.records_in_doubt == 5
     assert whole(report)
