@@ -1,7 +1,7 @@
 # Two entry points for a fresh clone (see README):
 #   make demo       the main job: `pangocdp ingest` of the sample orders into the sandbox
 #   make test-all   install what the tests need, then lint, type-check and run every test,
-#                   the slow proofs (26 simulated hours, real-time runs) included, then nox:
+#                   the slow tests (simulated hours, real time, processes) included, then nox:
 #                   the default suite on every supported Python (3.10 and 3.13 required), the
 #                   wheel built, checked, installed and run outside the checkout, and the docs
 #                   built with warnings as errors; CI runs this

@@ -216,18 +216,17 @@ class PangoCDPClient:
             if self._session is None:
                 self._session = aiohttp.ClientSession()
             self._transport = AiohttpTransport(self._session, self._timeout)
-        if self._tokens is None:
-            self._tokens = (
-                StaticToken(self._static_token)
-                if self._static_token is not None
-                else TokenManager(
-                    transport=self._transport,
-                    auth_url=self.auth_url,
-                    username=self.username or "",
-                    api_key=self._api_key,
-                    group_key=self._group_key,
-                    clock=self._clock,
-                )
+        if self._tokens is None and self._static_token is not None:
+            self._tokens = StaticToken(self._static_token)
+        elif self._tokens is None:
+            assert self.username is not None  # (no token: __init__ required the username)
+            self._tokens = TokenManager(
+                transport=self._transport,
+                auth_url=self.auth_url,
+                username=self.username,
+                api_key=self._api_key,
+                group_key=self._group_key,
+                clock=self._clock,
             )
 
     async def aclose(self) -> None:

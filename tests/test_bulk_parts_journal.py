@@ -52,12 +52,13 @@ def journaled_run(source: Any, transport: InProcessTransport, keys: KeyQueue | N
                   **options: Any) -> tuple[Journal, IngestReport | PipelineError]:
     """A run with the ``pangocdp`` command's hooks (a journal, optionally keys)."""
     journal = Journal()
+    options.setdefault("concurrency", 1)
 
     async def main() -> IngestReport | PipelineError:
         async with PangoCDPClient(api_key="k", token="t", transport=transport,
                                   rate_limits=(), retry=FAST) as client:
             run = client._bulk_run("order", "POS", None, None, None,
-                                   BulkOptions(retry=FAST, concurrency=1, **options),
+                                   BulkOptions(retry=FAST, **options),
                                    journal=journal, keys=keys)
             try:
                 return await run.run(source)
@@ -86,6 +87,22 @@ def test_each_batch_is_dispatched_once_by_its_sender_and_retries_count_as_duplic
     assert journal.accepted_positions == list(range(70))
     assert report.records_accepted == 70
     assert report.possible_duplicates == 70
+
+
+def test_senders_under_way_at_once_are_told_apart_in_the_journal() -> None:
+    """Three senders: the batches in flight together are dispatched under three different
+    sender numbers (the journal keeps one row per sender: sharing one, a batch in flight would
+    be forgotten and sent again on resume), each number always the same sender's."""
+    journal, report = journaled_run(iter([{"id": i} for i in range(60)]),
+                                    InProcessTransport(latency=1.0),
+                                    batch_size=10, concurrency=3)
+    assert isinstance(report, IngestReport)
+    assert report.records_accepted == 60
+    senders = [sender for _, sender in journal.dispatched_batches]
+    assert sorted(senders[:3]) == [0, 1, 2]
+    assert sorted(senders) == [0, 0, 1, 1, 2, 2]
+    assert sorted(p for positions, _ in journal.dispatched_batches for p in positions) \
+        == list(range(60))
 
 
 def test_a_keyed_source_that_raises_leaves_what_it_read_unsent_under_its_keys() -> None:

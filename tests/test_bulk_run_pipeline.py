@@ -5,6 +5,7 @@ virtual time, through the scripted server of test_bulk_run_sender."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -101,7 +102,9 @@ def test_senders_cancelled_from_outside_before_they_start_are_a_pipeline_error()
             with pytest.raises(PipelineError) as info:
                 await task
             return str(info.value)
-    assert "cancelled from outside" in run_in_virtual_time(main())
+    assert run_in_virtual_time(main()).startswith(
+        "a sender crashed (CancelledError: a task of the run was cancelled from outside (was "
+        "the client closed?)); ")
 
 
 def test_a_cancelled_run_returns_after_the_source_finished_cleaning_up() -> None:
@@ -358,3 +361,115 @@ def test_linger_holds_when_the_timer_fires_early() -> None:
 
     sent = run_on(CoarseClockLoop(), main())
     assert 0.5 <= sent[0][0] <= 0.75
+
+
+def _run_logs(caplog: pytest.LogCaptureFixture, server: Server, n: int,
+              cancel_at: float | None = None) -> tuple[IngestReport, list[tuple[int, str]]]:
+    """A run of ``n`` records (batches of 2, one sender), cancelled at ``cancel_at`` if set:
+    its report and what it logged (level, message)."""
+    async def main() -> IngestReport:
+        async with client_for(server) as client:
+            task = asyncio.ensure_future(client.ingest_many(
+                "order", [{"id": i} for i in range(n)], source="POS", batch_size=2,
+                concurrency=1))
+            if cancel_at is not None:
+                await asyncio.sleep(cancel_at)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                await task
+            assert client.last_report is not None
+            return client.last_report
+    with caplog.at_level(logging.INFO, logger="pangocdp_async"):
+        report = run_in_virtual_time(main())
+    return report, [(r.levelno, r.getMessage()) for r in caplog.records
+                    if r.name == "pangocdp_async" and r.getMessage().startswith("ingest ")]
+
+
+def test_a_finished_run_logs_its_summary(caplog: pytest.LogCaptureFixture) -> None:
+    """One INFO line at the end, with the report's summary: what operators read."""
+    report, logged = _run_logs(caplog, Server(), 5)
+    assert report.records_accepted == 5
+    assert logged == [(logging.INFO, f"ingest finished: {report.summary()}")]
+
+
+def test_a_cancelled_run_logs_its_summary(caplog: pytest.LogCaptureFixture) -> None:
+    """Cancelled while the second batch is under way: the run lets its answer come, then
+    logs one WARNING with the summary of the whole report, the time included, and no
+    "finished" line."""
+    report, logged = _run_logs(caplog, Server(delay=lambda ids: 5.0), 6, cancel_at=7.0)
+    assert report.cancelled
+    assert (report.records_accepted, report.records_read) == (4, 4)
+    assert report.elapsed_s == pytest.approx(10.0)
+    assert logged == [(logging.WARNING, f"ingest cancelled: {report.summary()}")]
+    assert " 10.0 s " in logged[0][1]
+    assert logged[0][1].endswith(" [cancelled]")
+
+
+def test_a_run_stopped_early_logs_why_and_its_summary(caplog: pytest.LogCaptureFixture) -> None:
+    """Refused credentials stop the run: a WARNING naming the server's error and the
+    summary, then the "finished" line (the run returns its report)."""
+    report, logged = _run_logs(caplog, Server(lambda ids: reply(401, message="no"),
+                                              delay=lambda ids: 3.0), 6)
+    assert report.stopped_by is not None
+    assert report.elapsed_s == pytest.approx(3.0)
+    assert logged == [
+        (logging.WARNING, f"ingest stopped early: every batch is refused ({report.stopped_by}): "
+                          f"{report.summary()}"),
+        (logging.INFO, f"ingest finished: {report.summary()}"),
+    ]
+
+
+def test_batches_waiting_for_a_sender_are_counted_while_they_wait() -> None:
+    """Two senders held by a slow server, a stream of 2-record batches: the run queues twice
+    as many batches as it has senders and no more; ``client.stats.queue_depth`` shows them
+    while they wait and nothing once the run is over, and ``max_batches_queued`` keeps the
+    most seen (0 for a stream that emitted nothing)."""
+    async def main() -> tuple[list[int], int, int, int, int]:
+        depths: list[int] = []
+        async with client_for(Server(delay=lambda ids: 10.0)) as client:
+            async with client.stream("order", source="POS", batch_size=2, concurrency=2,
+                                     max_pending=4) as stream:
+                assert client.stats.queue_depth == 0
+                producer = asyncio.ensure_future(asyncio.gather(
+                    *(stream.send({"id": i}) for i in range(20))))
+                for pause in (1.0, 10.0, 10.0, 10.0):  # each sample between two answers
+                    await asyncio.sleep(pause)
+                    depths.append(client.stats.queue_depth)
+                await producer
+            after = client.stats.queue_depth
+            async with client.stream("order", source="POS") as empty:
+                pass
+            return (depths, stream.max_batches_queued, after, empty.max_batches_queued,
+                    stream.report.records_accepted)
+    depths, most, after, empty_most, accepted = run_in_virtual_time(main())
+    # 10 batches: 2 in flight, 4 waiting, the rest held back; at 31 s 6 were answered
+    assert depths == [4, 4, 4, 2]
+    assert (most, after, empty_most, accepted) == (4, 0, 0, 20)
+
+
+def test_a_run_stopped_early_stops_reading_its_source() -> None:
+    """Refused credentials stop a run reading an async source: once it returns, the source is
+    read no further (its reader was stopped, not left to run) and every record it yielded is
+    in the report."""
+    yielded: list[int] = []
+
+    async def rows() -> AsyncIterator[dict[str, int]]:
+        for i in range(1_000):
+            yielded.append(i)
+            yield {"id": i}
+
+    async def main() -> tuple[IngestReport, int, int]:
+        async with client_for(Server(lambda ids: reply(401, message="no"),
+                                     delay=lambda ids: 1.0)) as client:
+            report = await client.ingest_many("order", rows(), source="POS", batch_size=2,
+                                              concurrency=1)
+            at_return = len(yielded)
+            await asyncio.sleep(60.0)
+            return report, at_return, len(yielded)
+    report, at_return, later = run_in_virtual_time(main())
+    assert report.stopped_by is not None
+    assert later == at_return == report.records_read
+    assert report.records_read < 20
+    assert whole(report)

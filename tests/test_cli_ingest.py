@@ -91,6 +91,7 @@ def check_invariant(job: Path, path: Path, server: ThreadedFake) -> None:
 
 
 # --- the main job ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sandbox_run_of_the_shipped_sample(tmp_path: Path) -> None:
     """The README's main job: the sample through the in-process sandbox, in seconds."""
     from importlib.resources import files
@@ -465,6 +466,7 @@ def test_version() -> None:
     assert __version__ in result.output
 
 
+@pytest.mark.slow
 def test_python_m_runs_the_same_command() -> None:
     done = subprocess.run([sys.executable, "-m", "pangocdp_async", "plan", "--records", "1000",
                            "--json"], capture_output=True, timeout=60, check=False)
@@ -478,6 +480,7 @@ def test_status_of_a_missing_journal_exits_2(tmp_path: Path) -> None:
     assert "no such job journal" in result.output
 
 
+@pytest.mark.slow
 def test_sandbox_command_prints_urls_and_credentials_and_stops_on_ctrl_c() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "pangocdp_async", "sandbox", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -806,6 +809,7 @@ def test_one_file_under_two_names_is_refused(tmp_path: Path) -> None:
     assert "is the same file as" in result.output
 
 
+@pytest.mark.slow
 def test_a_pipe_is_read_once_whole(tmp_path: Path, threaded_fake: Fakes) -> None:
     """A named pipe (what a process substitution is): no fingerprint or line count may read
     it before the run, and --strict refuses it."""

@@ -102,6 +102,7 @@ async def kill_and_resume(tmp_path: Path, records: int, kills: list[int]) -> Non
         assert duplicates <= reported_total
 
 
+@pytest.mark.slow
 async def test_kill_9_in_a_burst_loses_nothing(tmp_path: Path) -> None:
     await kill_and_resume(tmp_path, 3_000, [20])
 

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from pangocdp_async.cli._display import ProgressBar, format_duration
@@ -31,6 +32,7 @@ class Recorder:
         self.stopped = True
 
 
+@pytest.mark.slow
 async def test_the_bar_is_fed_counts_eta_and_the_pacing_window(tmp_path: Path) -> None:
     """3,000 records = 60 requests through the sandbox's documented windows: 50 leave at once,
     then the per-second window holds the other 10 back for 1.1 s, and the bar says so."""

@@ -248,6 +248,33 @@ async def test_not_open_is_a_clear_error() -> None:
         await client.ingest("order", [{"a": 1}], source="POS")
 
 
+async def test_a_borrowed_session_that_is_closed_is_refused_at_open(
+        fake: FakePangoCDP) -> None:
+    """A closed session passed in is refused when the client opens, saying what to do."""
+    session = aiohttp.ClientSession()
+    await session.close()
+    client = PangoCDPClient(**fake.client_kwargs(), session=session, rate_limits=())
+    with pytest.raises(RuntimeError) as info:
+        await client.open()
+    assert str(info.value) == ("the aiohttp session given to this client is closed; pass an "
+                               "open one")
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("timeout", [0.05, aiohttp.ClientTimeout(total=0.05)])
+async def test_a_borrowed_session_keeps_the_clients_timeout(
+        timeout: float | aiohttp.ClientTimeout) -> None:
+    """The client's ``timeout`` (seconds or an aiohttp.ClientTimeout) bounds each request on a
+    session passed in too (whose own default is 5 minutes): a server slower than it gives
+    APIConnectionError."""
+    async with FakePangoCDP(rate_limits=None, latency_s=0.3) as fake:
+        async with aiohttp.ClientSession() as session:
+            async with PangoCDPClient(**fake.client_kwargs(), session=session, timeout=timeout,
+                                      rate_limits=()) as client:
+                with pytest.raises(APIConnectionError):
+                    await client.ingest("order", [{"a": 1}], source="POS")
+
+
 async def test_borrowed_session_stays_open(fake: FakePangoCDP) -> None:
     """A session passed in is used and not closed; an owned one verifies TLS and is closed."""
     async with aiohttp.ClientSession() as session:

@@ -151,6 +151,8 @@ async def test_a_client_used_while_closed_says_how_to_open_it() -> None:
     message = r"^the client is not open: use 'async with PangoCDPClient\(\.\.\.\)'$"
     wire = _Wire()
     client = PangoCDPClient(api_key="k", token="t", transport=wire, rate_limits=())
+    assert client.last_report is None  # (no run yet)
+    assert client.is_closed
     for _ in range(2):
         with pytest.raises(RuntimeError, match=message):
             await client.ingest("order", [{"a": 1}], source="POS")

@@ -94,15 +94,16 @@ def test_a_listed_equivalent_that_a_test_detects_counts_as_detected(
     assert "| pkg/a.py | 2 | 1 | 1 | 0 | 0 | 50.0% |" in capsys.readouterr().out
 
 
-def test_the_tests_left_out_of_the_mutation_run_exist_and_the_readme_counts_them() -> None:
-    """Each test `[tool.mutmut]` deselects is still defined (a renamed one would quietly run
-    again), and the README's count of them is right."""
+def test_the_mutation_run_leaves_out_what_make_test_leaves_out() -> None:
+    """The README says the mutation run skips the slow tests as `make test` does: the same
+    marker expression in both, and no test picked out by name."""
     root = Path(__file__).resolve().parent.parent
-    left_out = re.findall(r'"--deselect", "([^"]+)"', (root / "pyproject.toml").read_text())
-    assert left_out
-    for node in left_out:
-        path, _, name = node.partition("::")
-        function = name.split("[")[0]
-        assert re.search(rf"^(async )?def {function}\(", (root / path).read_text(), re.M), node
-    assert f"The {len(left_out)} tests that take over a second under mutation" in " ".join(
-        (root / "README.md").read_text().split())
+    found = re.search(r"^pytest_add_cli_args = \[(.*?)\]$", (root / "pyproject.toml").read_text(),
+                      re.M | re.S)
+    assert found is not None
+    args = re.findall(r'"([^"]*)"', found.group(1))
+    assert args[args.index("-m") + 1] == "not slow"
+    assert not any(a.startswith("--deselect") or a == "-k" for a in args)
+    make_test = re.search(r"^test: .*\n\t(.*)$", (root / "Makefile").read_text(), re.M)
+    assert make_test is not None
+    assert make_test.group(1).endswith('pytest -m "not slow"')

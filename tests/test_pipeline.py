@@ -38,6 +38,7 @@ def _records(n: int) -> Iterator[dict[str, int]]:
     return ({"id": i, "v": i * 3} for i in range(n))
 
 
+@pytest.mark.slow
 async def test_10k_records_with_faults_none_lost(clock: ManualClock) -> None:
     """10,000 records, 5% 5xx, 2% dropped connections (half after the server stored the
     entries), scripted 429s: every record is accepted or reported; the fake lost none, and

@@ -7,6 +7,8 @@ import inspect
 import types
 from pathlib import Path
 
+import pytest
+
 import pangocdp_async
 import pangocdp_async.testing
 
@@ -25,6 +27,7 @@ def test_all_names_exist_once_and_are_documented() -> None:
                 assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
 
 
+@pytest.mark.slow
 def test_nothing_below_the_client_imports_it() -> None:
     """Data flows one way: no module of the package but __init__ imports the client (the
     bulk run gets what it needs handed in). The command line (``cli/``) is a user of the client,

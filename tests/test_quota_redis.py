@@ -371,6 +371,7 @@ def test_without_redis_py_the_backend_says_what_to_install(
         RedisQuotaBackend()
 
 
+@pytest.mark.slow
 def test_the_package_imports_without_redis_py() -> None:
     code = ("import sys; sys.modules['redis'] = None; import pangocdp_async; "
             "print(pangocdp_async.RedisQuotaBackend.name)")

@@ -43,6 +43,7 @@ def test_each_example_compiles_and_defines_what_it_uses(block: str, tmp_path: Pa
     assert lint.returncode == 0, lint.stdout
 
 
+@pytest.mark.slow
 def test_the_complete_fake_server_example_runs() -> None:
     """The FakePangoCDP example, executed as written."""
     block = next(b for b in BLOCKS if "async with FakePangoCDP(" in b)

@@ -260,6 +260,7 @@ def test_429_pauses_everyone_then_ramps_up_from_one_probe() -> None:
     assert starts == [0.0, 0.2, 0.2, 0.4, 0.4, 0.4, 0.4]
 
 
+@pytest.mark.slow
 def test_a_429_after_hours_at_full_rate_pauses_about_a_second() -> None:
     """An hour at full rate on the documented windows, then one 429 with header 0: the next
     send is less than 3 s away (before: the drained model added C phantoms on top of the
@@ -601,6 +602,7 @@ def test_a_success_undoes_what_stray_429s_made_up() -> None:
 
 
 # --- memory and introspection ---------------------------------------------------------------
+@pytest.mark.slow
 def test_memory_stays_bounded_without_any_header() -> None:
     """An hour at full rate, no X-Rate-Limit-Remaining: the windows hold a bounded number of
     entries (before: every send ever made, 50,000 for a 10/1 s window)."""
@@ -623,6 +625,7 @@ def test_memory_stays_bounded_without_any_header() -> None:
     assert max(sizes) <= bound
 
 
+@pytest.mark.slow
 def test_bucketed_window_memory_is_bounded() -> None:
     """400,000 sends in the daily window keep at most one entry per bucket, not one each."""
     window = SlidingWindow(RateLimit(400_000, 86_400.0), Margin())

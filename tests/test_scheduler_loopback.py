@@ -7,8 +7,13 @@ import asyncio
 import itertools
 import time
 
+import pytest
+
 from pangocdp_async import Margin, PangoCDPClient, QuotaScheduler, RateLimit, RateLimitedError
 from pangocdp_async.testing import FakePangoCDP
+
+# Real time over loopback: seconds each.
+pytestmark = pytest.mark.slow
 
 SCALED = [RateLimit(20, 0.4), RateLimit(100, 2.0)]
 

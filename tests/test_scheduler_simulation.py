@@ -66,6 +66,7 @@ def assert_never_over(result: SimulationResult, limits: Sequence[RateLimit]) -> 
 
 # --- stalls ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("refill", ["greedy", "interval"])
+@pytest.mark.slow
 def test_stalls_never_cause_a_rejection(refill: Refill) -> None:
     """10 minutes, documented windows, stalls of 0.3-2 s every ~10 s: 0 rejections and no
     window over capacity at the point of sending (before: 100 sends in one second)."""
@@ -87,6 +88,7 @@ def test_stalls_for_two_hours(refill: Refill) -> None:
 
 
 # --- heavy-tailed networks ------------------------------------------------------------------
+@pytest.mark.slow
 def test_lognormal_delays_against_interval_refill() -> None:
     """Legs of lognormal(median 30 ms, sigma 1), interval refill: 0 rejections in 15 minutes
     (before: 2-8 per hour with a fixed margin)."""
@@ -133,8 +135,8 @@ class _OneStray429(Bucket4jBucket):
         return super().try_consume(now)
 
 
-@pytest.mark.parametrize(("records", "at", "seconds"), [(100, 1, 8), (1_000, 30, 30),
-                                                      (2_000, 900, 90)])
+@pytest.mark.parametrize(("records", "at", "seconds"), [
+    (100, 1, 8), (1_000, 30, 30), pytest.param(2_000, 900, 90, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("header", [True, False])
 def test_one_429_with_header_0_delays_a_run_by_under_3_s(
     records: int, at: int, seconds: float, header: bool
@@ -164,6 +166,7 @@ class _Hiccups(Bucket4jBucket):
         return super().try_consume(now)
 
 
+@pytest.mark.slow
 def test_stray_429s_in_one_episode_cost_little_when_the_server_says_what_is_left() -> None:
     """Five stray 429s a minute apart escalate until every window, the daily one included, is
     modeled full; the next successes' X-Rate-Limit-Remaining undo that, so 10 minutes still

@@ -120,8 +120,8 @@ def test_sqlite_store_saves_and_restores(tmp_path: Path) -> None:
     virtual(main)
 
 
-@pytest.mark.parametrize("hours", [
-    pytest.param(0.5, id="30-min"), pytest.param(2.0, id="2-h", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("hours", [pytest.param(0.5, id="30-min"), pytest.param(2.0, id="2-h")])
 def test_saved_state_stays_small_after_hours_without_any_header(hours: float) -> None:
     """Hours at full rate on the documented windows, no X-Rate-Limit-Remaining: the saved
     state is under 64 KiB (before: every send ever made, 4 MB after 2 hours)."""

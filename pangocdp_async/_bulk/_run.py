@@ -14,10 +14,8 @@ report.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
-import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, cast
 
@@ -71,11 +69,12 @@ class Flush:
 
 
 class BulkRun:
-    """Built by ``PangoCDPClient.ingest_many`` and ``PangoCDPClient.stream``; used once."""
+    """Built by ``PangoCDPClient.ingest_many`` and ``PangoCDPClient.stream``, a new one for each
+    run (a stream refuses a second ``async with``)."""
 
     def __init__(self, send: SendBody, encoder: EntryEncoder, options: BulkOptions, *,
-                 stats: StatsRecorder, rng: random.Random | None = None,
-                 journal: RunJournal | None = None, keys: KeyQueue | None = None) -> None:
+                 stats: StatsRecorder, journal: RunJournal | None = None,
+                 keys: KeyQueue | None = None) -> None:
         self.options = options
         self.encoder = encoder
         self.accumulator = Accumulator(encoder, options.batch_size, options.max_batch_bytes,
@@ -84,7 +83,6 @@ class BulkRun:
         self.report = IngestReport()
         self._stats = stats
         self._send = send
-        self._rng = rng
         self._sink: DeadLetterSink | None = None
         self._ledger: Ledger | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * options.concurrency)
@@ -95,7 +93,6 @@ class BulkRun:
         self._unsettled: set[int] = set()  # emitted batches not yet settled (for flush)
         self._progress = asyncio.Condition()
         self._stopping = False
-        self._started = False
         self._shutting_down: asyncio.Future[None] | None = None
         #: Largest number of batches seen waiting in the queue (for tests of backpressure).
         self.max_queue_depth = 0
@@ -121,15 +118,12 @@ class BulkRun:
         return await self._run(handover)
 
     async def _run(self, source: Source) -> IngestReport:
-        if self._started:
-            raise RuntimeError("a bulk run is used once")
-        self._started = True
         options = self.options
         self._sink = DeadLetterSink(options.dead_letter)  # a bad path fails here, before I/O
         self._ledger = Ledger(self.report, self._sink, self._journal)
         sender = BatchSender(self._send, encoder=self.encoder, init_data=options.init_data,
                              retry=options.retry, ledger=self._ledger, stats=self._stats,
-                             stopping=lambda: self._stopping, rng=self._rng)
+                             stopping=lambda: self._stopping)
         loop = asyncio.get_running_loop()
         started = loop.time()
         depth = self._queue.qsize
@@ -154,12 +148,16 @@ class BulkRun:
         except asyncio.CancelledError:
             self.report.cancelled = True
             await self._shutdown_once(reader, senders)
-            logger.warning("ingest cancelled: %s", self.report.summary())
             raise
         finally:
             self.report.elapsed_s = loop.time() - started
             self._stats.queue_depth.discard(depth)
             self._sink.close()
+            if self.report.cancelled:
+                logger.warning("ingest cancelled: %s", self.report.summary())
+        if self.report.stopped_by is not None:
+            logger.warning("ingest stopped early: every batch is refused (%s): %s",
+                           self.report.stopped_by, self.report.summary())
         logger.info("ingest finished: %s", self.report.summary())
         return self.report
 
@@ -174,8 +172,6 @@ class BulkRun:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if self.report.stopped_by is not None:  # the server refuses every batch alike
                 await self._shutdown_once(reader, senders)
-                logger.warning("ingest stopped early: every batch is refused (%s): %s",
-                               self.report.stopped_by, self.report.summary())
                 return
             for finished in done:
                 if finished.cancelled():  # (not by us: we are not being cancelled)
@@ -332,6 +328,8 @@ class BulkRun:
         linger = self.options.linger
         deadline: float | None = None  # when the partial batch must leave
         timer: asyncio.TimerHandle | None = None
+        # A stream is woken for its linger by a marker. The timer is cancelled below before
+        # the run can close the handover, so the marker never meets a closed one.
         nudge = source.put_marker if isinstance(source, Handover) else None
         try:
             async for item in self._items(source):
@@ -344,7 +342,7 @@ class BulkRun:
                         # on Windows): wake again at the deadline.
                         if timer is not None:
                             timer.cancel()
-                        timer = loop.call_at(deadline, _nudge, nudge)
+                        timer = loop.call_at(deadline, nudge, _WAKE)
                     continue
                 if isinstance(item, Flush):
                     await self._emit(accumulator.drain())
@@ -370,7 +368,7 @@ class BulkRun:
                     if timer is not None:
                         timer.cancel()
                     if nudge is not None:
-                        timer = loop.call_at(deadline, _nudge, nudge)
+                        timer = loop.call_at(deadline, nudge, _WAKE)
                 if deadline is not None and loop.time() >= deadline:
                     await self._emit(accumulator.drain())
                     deadline = None
@@ -454,7 +452,3 @@ class BulkRun:
         if self._journal is not None and batch.entries:
             self._journal.finished(batch)
 
-
-def _nudge(put_marker: Any) -> None:
-    with contextlib.suppress(StreamClosed):
-        put_marker(_WAKE)

@@ -43,7 +43,8 @@ class IngestStream:
 
     @property
     def max_batches_queued(self) -> int:
-        """How many full batches may wait for a sender before ``put()`` waits."""
+        """The most full batches seen waiting for a sender at once (at most twice
+        ``concurrency``: then the reading of the stream waits)."""
         return self._run.max_queue_depth
 
     async def __aenter__(self) -> IngestStream:
