@@ -1,10 +1,10 @@
 """The checks beyond one interpreter and one checkout: `make test-all` (and so CI) runs them all.
 
-- ``tests-3.X``: the default suite from the source tree on every supported CPython this machine
-  has but the one `make test-all` has just used and the two the wheel sessions run it on. The
-  oldest and the newest supported must be there (a missing one fails, saying so); the others run
-  when present. ruff and mypy are not run again: their verdict does not depend on the interpreter
-  (ruff targets 3.10, and mypy checks against 3.10 whatever runs it), and `make lint` gives it.
+- ``tests-3.X``: the default suite from the source tree on each supported CPython this machine
+  has other than the oldest and the newest (the wheel sessions run it on those) and the one
+  `make test-all` has just used; with none left, the session says so and passes. ruff and mypy
+  are not run again: their verdict does not depend on the interpreter (ruff targets 3.10, and
+  mypy checks against 3.10 whatever runs it), and `make lint` gives it.
 - ``wheel-3.X``: builds the sdist and the wheel, checks their metadata and contents, installs the
   wheel into a fresh environment and, from a directory outside the checkout, runs the command
   (``pangocdp --version``, the sandbox ingest of the shipped sample) and the default suite
@@ -69,11 +69,18 @@ PYTHONS = [v for v in SUPPORTED if v in (OLDEST, NEWEST) or _present(v)]
 
 #: The wheel sessions run the default suite on these, from the installed wheel.
 WHEEL_PYTHONS = [OLDEST, NEWEST]
+#: The others present, but the one `make test-all` has used: possibly none.
+SOURCE_PYTHONS = [v for v in PYTHONS if v != ALREADY_RUN and v not in WHEEL_PYTHONS]
 
 
-@nox.session(python=[v for v in PYTHONS if v != ALREADY_RUN and v not in WHEEL_PYTHONS])
+@nox.session(python=SOURCE_PYTHONS or False)
 def tests(session: nox.Session) -> None:
     """The default suite, from the source tree."""
+    if not SOURCE_PYTHONS:
+        session.log("no supported Python left to run the suite on from the source tree "
+                    f"(the wheel sessions run {' and '.join(WHEEL_PYTHONS)}; "
+                    f"`make test-all` ran {ALREADY_RUN or 'none'})")
+        return
     session.install("-e", ".[test,bench]")
     session.run("pytest", "-m", "not slow", "-p", "no:cacheprovider")
 
@@ -108,7 +115,7 @@ def _check_the_wheel(session: nox.Session, work: Path) -> None:
     for name in ("tests", "benchmarks"):
         shutil.copytree(ROOT / name, outside / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("README.md", "CHANGELOG.md", "pyproject.toml"):
+    for name in ("README.md", "CHANGELOG.md", "pyproject.toml", "Makefile"):
         shutil.copy(ROOT / name, outside / name)
     session.chdir(outside)
     shown = session.run("pangocdp", "--version", silent=True)

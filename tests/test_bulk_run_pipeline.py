@@ -5,7 +5,9 @@ virtual time, through the scripted server of test_bulk_run_sender."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -13,6 +15,7 @@ import pytest
 
 from pangocdp_async import (
     IngestReport,
+    PangoCDPClient,
     PipelineError,
     RawResponse,
     RecordSourceError,
@@ -473,3 +476,87 @@ def test_a_run_stopped_early_stops_reading_its_source() -> None:
     assert later == at_return == report.records_read
     assert report.records_read < 20
     assert whole(report)
+
+
+def test_a_stopped_runs_queue_is_not_counted_while_it_shuts_down() -> None:
+    """The first batch is refused (401) while the other sender's request takes 20 s: from the
+    stop on, ``client.stats.queue_depth`` shows no batch waiting (what was queued is unsent)
+    during the shutdown and after it."""
+    async def rows() -> AsyncIterator[dict[str, int]]:
+        for i in range(100):
+            yield {"id": i}
+
+    server = Server(lambda ids: reply(401, message="no") if ids[0] == 0 else OK,
+                    delay=lambda ids: 1.0 if ids[0] == 0 else 20.0)
+
+    async def main() -> tuple[list[int], IngestReport]:
+        seen: list[int] = []
+        async with client_for(server) as client:
+            task = asyncio.ensure_future(client.ingest_many(
+                "order", rows(), source="POS", batch_size=2, concurrency=2))
+            for _ in range(4):
+                await asyncio.sleep(3.0)
+                seen.append(client.stats.queue_depth)
+            report = await task
+            seen.append(client.stats.queue_depth)
+        return seen, report
+    seen, report = run_in_virtual_time(main())
+    assert report.stopped_by is not None
+    assert report.records_unsent > 0  # the queued batches
+    assert seen == [0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("answer", [OK, reply(401, message="no")], ids=["finished", "stopped"])
+def test_a_client_keeps_nothing_of_a_run_but_its_last_report(answer: RawResponse) -> None:
+    """A service calls ingest_many over and over: once a later run has taken its place, an
+    earlier run's report (and so the run) is freed, whether it finished or was stopped."""
+    async def main() -> tuple[weakref.ref[IngestReport], bool]:
+        async with client_for(Server(lambda ids: answer)) as client:
+            first = weakref.ref(await client.ingest_many(
+                "order", [{"id": i} for i in range(4)], source="POS", concurrency=2,
+                batch_size=2))
+            second = await client.ingest_many("order", [{"id": 9}], source="POS")
+            gc.collect()
+            return first, client.last_report is second
+    logging.disable(logging.WARNING)  # (pytest keeps the log records, and they the errors)
+    try:
+        first, kept_the_last = run_in_virtual_time(main())
+    finally:
+        logging.disable(logging.NOTSET)
+    assert kept_the_last
+    assert first() is None
+
+
+@pytest.mark.parametrize("how", ["stopped", "cancelled", "block raises"])
+def test_a_streams_linger_timer_never_fires_into_a_closed_stream(how: str) -> None:
+    """A partial batch is lingering (5 s) when the stream's run stops (refused credentials),
+    its task is cancelled, or its block raises: the linger timer goes with the run, so nothing
+    reaches the event loop's exception handler later."""
+    errors: list[dict[str, Any]] = []
+    server = Server(lambda ids: reply(401, message="no")) if how == "stopped" \
+        else Server(delay=lambda ids: 1.0)
+
+    async def body(client: PangoCDPClient) -> None:
+        async with client.stream("order", source="POS", batch_size=4, linger=5.0,
+                                 concurrency=1) as stream:
+            for i in range(4):
+                await stream.send({"id": i})
+            await asyncio.sleep(0.5)
+            await stream.send({"id": 99})  # a partial batch: its linger ends at 5.5 s
+            if how == "block raises":
+                raise KeyError("the caller's own error")
+            await asyncio.sleep(100.0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        async with client_for(server) as client:
+            task = asyncio.ensure_future(body(client))
+            if how == "cancelled":
+                await asyncio.sleep(1.0)
+                task.cancel()
+            with pytest.raises((StreamClosed, asyncio.CancelledError, KeyError)):
+                await task
+            await asyncio.sleep(20.0)  # well past the linger
+    run_in_virtual_time(main())
+    assert errors == []

@@ -107,3 +107,5 @@ def test_the_mutation_run_leaves_out_what_make_test_leaves_out() -> None:
     make_test = re.search(r"^test: .*\n\t(.*)$", (root / "Makefile").read_text(), re.M)
     assert make_test is not None
     assert make_test.group(1).endswith('pytest -m "not slow"')
+    assert "The tests marked slow are left out of the run, as they are of `make test`" in \
+        " ".join((root / "README.md").read_text().split())

@@ -126,8 +126,7 @@ class BulkRun:
                              stopping=lambda: self._stopping)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        depth = self._queue.qsize
-        self._stats.queue_depth.add(depth)
+        self._stats.queue_depth.add(self._batches_waiting)
         reader: asyncio.Task[None] | None = None
         if (isinstance(source, Iterable) and options.max_batch_bytes is None
                 and options.linger is None):
@@ -151,15 +150,20 @@ class BulkRun:
             raise
         finally:
             self.report.elapsed_s = loop.time() - started
-            self._stats.queue_depth.discard(depth)
-            self._sink.close()
+            self._stats.queue_depth.discard(self._batches_waiting)
             if self.report.cancelled:
                 logger.warning("ingest cancelled: %s", self.report.summary())
+            self._sink.close()
         if self.report.stopped_by is not None:
             logger.warning("ingest stopped early: every batch is refused (%s): %s",
                            self.report.stopped_by, self.report.summary())
         logger.info("ingest finished: %s", self.report.summary())
         return self.report
+
+    def _batches_waiting(self) -> int:
+        """Full batches waiting for a sender (``client.stats.queue_depth``): none once the run
+        stops (what was queued is then unsent, and the queue holds the senders' stop marks)."""
+        return 0 if self._stopping else self._queue.qsize()
 
     async def _supervise(self, reader: asyncio.Task[None] | None,
                          senders: list[asyncio.Task[None]]) -> None:
