@@ -560,3 +560,23 @@ def test_a_streams_linger_timer_never_fires_into_a_closed_stream(how: str) -> No
             await asyncio.sleep(20.0)  # well past the linger
     run_in_virtual_time(main())
     assert errors == []
+
+
+def test_a_sender_whose_answer_comes_after_the_stop_starts_no_new_request() -> None:
+    """Refused credentials stop the run while the other sender's request is under way; that
+    request then fails with 503: the sender does not retry it (the run is stopping), and its
+    batch is reported unsent (the server answered that it did not take it)."""
+    server = Server(lambda ids: reply(401, message="no") if ids[0] == 0
+                    else reply(503, message="busy"),
+                    delay=lambda ids: 1.0 if ids[0] == 0 else 2.0)
+
+    async def main() -> IngestReport:
+        async with client_for(server) as client:
+            return await client.ingest_many("order", [{"id": i} for i in range(4)],
+                                            source="POS", batch_size=2, concurrency=2)
+    report = run_in_virtual_time(main())
+    assert report.stopped_by is not None
+    assert server.sent == [[0, 1], [2, 3]]  # no second request for [2, 3]
+    assert [u.position for u in report.unsent] == [2, 3]
+    assert report.records_in_doubt == 0
+    assert whole(report)

@@ -6,10 +6,12 @@ closed with it, one passed in is not. On virtual time."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from multidict import CIMultiDict
@@ -22,12 +24,18 @@ from pangocdp_async import (
     PipelineError,
     QuotaScheduler,
     RateLimit,
+    RateLimitedError,
     RawResponse,
     RetryPolicy,
+    SharedQuotaScheduler,
+    SQLiteQuotaBackend,
 )
 from pangocdp_async._bulk import BulkOptions, _sender
+from pangocdp_async._constants import HEADER_RATE_LIMIT_REMAINING
 from pangocdp_async.testing import InProcessTransport, run_in_virtual_time
 from tests.test_bulk_cases import cancel_after
+from tests.test_quota_front import _Hooked
+from tests.test_quota_shared import _backend, _run, _shared
 
 SHORT, LONG = RateLimit(10, 1.0), RateLimit(100, 60.0)
 ONCE = RetryPolicy(max_attempts=1)
@@ -199,3 +207,123 @@ def test_a_scheduler_passed_in_outlives_the_client() -> None:
             await waiting
             return loop.time()
     assert run_in_virtual_time(main()) == pytest.approx(10.0, abs=0.5)
+
+
+@pytest.mark.parametrize(("timeout", "refused"), [
+    (29.9, None),
+    (30.0, "the request timeout (30.0 s)"),
+    (aiohttp.ClientTimeout(total=None), "the request timeout (None s)"),
+])
+def test_a_shared_quotas_leases_must_outlast_the_request_timeout(
+        timeout: float | aiohttp.ClientTimeout, refused: str | None, tmp_path: Path) -> None:
+    """A lease ends the send it holds: one no longer than the request timeout could end while
+    the request is still under way, so the client refuses it, saying why."""
+    limiter = SharedQuotaScheduler(SQLiteQuotaBackend(tmp_path / "q.sqlite"), [SHORT],
+                                   lease_ttl=30.0)
+
+    def build() -> PangoCDPClient:
+        return PangoCDPClient(api_key="k", token="t", limiter=limiter, timeout=timeout)
+    if refused is None:
+        build()
+        return
+    message = (f"the shared quota's lease_ttl (30 s) must be longer than {refused}: a send "
+               "still unanswered when its lease ends is counted as answered then")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        build()
+
+
+def test_closing_waits_at_most_2_s_for_a_shared_quota_that_is_down(tmp_path: Path) -> None:
+    """A shared scheduler passed in stays open, but closing the client first waits for its
+    completions to reach the backend (so its slots are not held until the leases end): for
+    2 s at most when the backend is down."""
+    async def main() -> tuple[float, bool]:
+        loop = asyncio.get_running_loop()
+        backend = _Hooked(_backend(tmp_path))
+        limiter = _shared(tmp_path, backend=backend, lease_ttl=90.0, limits=[SHORT])
+        async with PangoCDPClient(api_key="k", token="t", limiter=limiter, retry=ONCE,
+                                  transport=InProcessTransport()) as client:
+            await client.ingest("order", [{"id": 1}], source="POS")
+            backend.down = True  # the completion cannot be applied
+            closing = loop.time()
+        took = loop.time() - closing
+        backend.down = False
+        applied = await limiter.flush(timeout=60.0)
+        await limiter.close()
+        return took, applied
+    took, applied = _run(main())
+    assert took == pytest.approx(2.0, abs=0.05)
+    assert applied  # (and the scheduler was still usable after the client closed)
+
+
+class SlowTail:
+    """Answers 200 at once, but the request numbered ``slow`` after ``latency`` s, with the
+    remaining count in ``remaining`` (request number -> header value)."""
+
+    def __init__(self, slow: int, latency: float, remaining: dict[int, int]) -> None:
+        self.slow, self.latency, self.remaining = slow, latency, remaining
+        self.sent_at: list[float] = []
+
+    async def post(self, url: Any, *, body: bytes, headers: Any,
+                   params: Any = None) -> RawResponse:
+        loop = asyncio.get_running_loop()
+        self.sent_at.append(loop.time())
+        n = len(self.sent_at)
+        if n == self.slow:
+            await asyncio.sleep(self.latency)
+        found = self.remaining.get(n)
+        extra = {} if found is None else {HEADER_RATE_LIMIT_REMAINING: str(found)}
+        return RawResponse(200, CIMultiDict(extra), orjson.dumps({"success": True}))
+
+
+def test_the_servers_remaining_count_is_read_against_the_requests_round_trip() -> None:
+    """5 per second: four sends at 0.8 s, then one at 1.0 s that takes 1 s. The server counted
+    it with the four (0 left) when it arrived; they have left our window by its answer, but they
+    were sent within its round trip, so the server's 0 is no news: nothing is charged, and the
+    next send goes at once (charging the 4 would hold it to 3.0 s)."""
+    transport = SlowTail(slow=5, latency=1.0, remaining={5: 0})
+
+    async def main() -> None:
+        async with PangoCDPClient(api_key="k", token="t", rate_limits=[RateLimit(5, 1.0)],
+                                  retry=ONCE, transport=transport) as client:
+            await asyncio.sleep(0.8)
+            for i in range(4):
+                await client.ingest("order", [{"id": i}], source="POS")
+            await asyncio.sleep(0.2)
+            await client.ingest("order", [{"id": 4}], source="POS")
+            await client.ingest("order", [{"id": 5}], source="POS")
+    run_in_virtual_time(main())
+    assert transport.sent_at == pytest.approx([0.8] * 4 + [1.0, 2.0])
+
+
+def test_a_429_for_a_request_sent_before_the_pause_does_not_extend_it() -> None:
+    """Two requests leave together and both get 429, at 0.1 s and 0.5 s: the second belongs to
+    the pause the first began (about 1 s, from 0.1 s), so a send asked for at 0.6 s leaves when
+    that pause ends, not 1 s after the second 429."""
+    sent_at: list[float] = []
+
+    class TwoRefused:
+        async def post(self, url: Any, *, body: bytes, headers: Any,
+                       params: Any = None) -> RawResponse:
+            loop = asyncio.get_running_loop()
+            sent_at.append(loop.time())
+            if len(sent_at) <= 2:
+                await asyncio.sleep(0.1 if len(sent_at) == 1 else 0.5)
+                return RawResponse(429, CIMultiDict(), orjson.dumps({"message": "slow down"}))
+            return RawResponse(200, CIMultiDict(), orjson.dumps({"success": True}))
+
+    async def main() -> list[type[BaseException] | None]:
+        async with PangoCDPClient(api_key="k", token="t", rate_limits=[RateLimit(10, 1.0)],
+                                  retry=ONCE, transport=TwoRefused()) as client:
+            async def send(i: int) -> type[BaseException] | None:
+                try:
+                    await client.ingest("order", [{"id": i}], source="POS")
+                except Exception as exc:
+                    return type(exc)
+                return None
+            first = [asyncio.ensure_future(send(i)) for i in range(2)]
+            await asyncio.sleep(0.6)
+            return [*(await asyncio.gather(*first)), await send(2)]
+    outcomes = run_in_virtual_time(main())
+    assert outcomes == [RateLimitedError, RateLimitedError, None]
+    assert sent_at[:2] == pytest.approx([0.0, 0.0])
+    assert 1.1 <= sent_at[2] <= 1.1 + 0.1 + 1e-9  # 0.1 s + (0 + 1 s) stretched by up to 10%

@@ -203,6 +203,10 @@ _REFUSED: list[tuple[dict[str, Any], type[Exception], str]] = [
      "auth_url must be an http(s) URL with a host, got ''"),
     ({"api_key": "k", "token": "t", "ingest_url": "ftp://x"}, ValueError,
      "ingest_url must be an http(s) URL with a host, got 'ftp://x'"),
+    ({"api_key": "k", "token": "t", "ingest_url": "http://[::1"}, ValueError,
+     "ingest_url is not a valid URL: 'http://[::1'"),
+    ({"api_key": "k", "token": "t", "auth_url": "http://a.test:99999/auth"}, ValueError,
+     "auth_url is not a valid URL: 'http://a.test:99999/auth'"),
     ({"api_key": "k", "token": "t", "limiter": 3}, TypeError,
      "limiter must be a QuotaScheduler, a SharedQuotaScheduler or a quota spec such as "
      "'sqlite:PATH', got int"),

@@ -79,10 +79,10 @@ def test_a_waiter_fails_at_its_deadline_while_the_one_ahead_is_in_flight() -> No
     assert retry2 == 1.5
 
 
-def test_a_budget_ending_as_a_slot_frees_fails_before_that_slot_is_taken() -> None:
-    """The head's slot frees at 1 s, when the budget of the waiter behind it ends: that one
-    fails right then (its own turn is a second later), before the head starts, with
-    retry_after its whole budget (the slot it saw free is the head's)."""
+def test_a_budget_ending_as_a_slot_frees_is_refused_at_once() -> None:
+    """The next slot frees at 1 s, exactly when the budget of a waiter arriving now ends: it
+    is refused at once (it would only fail at 1 s: that slot is the head's, its own turn is a
+    second later), with retry_after the time to that slot, and the head starts at 1 s."""
     async def main() -> list[Event]:
         s = one_per_second()
         s.complete(await s.reserve())
@@ -91,7 +91,7 @@ def test_a_budget_ending_as_a_slot_frees_fails_before_that_slot_is_taken() -> No
         return events
     (what1, who1, at1, retry1), (what2, who2, at2, _) = virtual(main)
     assert (what1, who1, what2, who2) == ("failed", "next", "started", "head")
-    assert at1 == pytest.approx(1.0)
+    assert at1 == pytest.approx(0.0)
     assert retry1 == pytest.approx(1.0)
     assert at2 == pytest.approx(1.0)
 
@@ -137,3 +137,50 @@ async def test_a_waiter_woken_in_time_is_not_failed_by_its_deadline_later(
     assert r.stamp == clock.now
     s.complete(r)
     await s.close()
+
+
+@pytest.mark.parametrize(("max_wait", "expected"), [
+    (1.0, ("failed", 0.0, 1.0)),  # the slot is exactly the budget away: no use waiting
+    (1.25, ("started", 1.0, 0.0)),
+])
+def test_a_slot_exactly_max_wait_away_is_refused_at_once(
+        max_wait: float, expected: tuple[str, float, float]) -> None:
+    """Waiting the whole budget to fail at the moment the slot frees helps nobody: a slot
+    known to lie at the budget's end, or beyond, is refused at once."""
+    async def main() -> list[Event]:
+        s = one_per_second()
+        s.complete(await s.reserve())
+        events: list[Event] = []
+        await attempt(s, "one", events, max_wait)
+        return events
+    [(what, _, at, retry)] = virtual(main)
+    assert what == expected[0]
+    assert (at, retry) == pytest.approx(expected[1:])
+
+
+def test_a_429_pause_ending_at_a_queued_waiters_deadline_fails_it_at_once() -> None:
+    """A waiter with 2 s of budget queues; 0.5 s later a 429 pauses every sender until exactly
+    its deadline: it fails then and there, not after waiting out its budget."""
+    async def main() -> tuple[float, float, float | None]:
+        loop = asyncio.get_running_loop()
+        s = QuotaScheduler([RateLimit(1, 1.0)], margin=NO_MARGIN, rng=_NoJitter(),
+                           retry_after_pad=1.0)
+        held = s.try_reserve()
+        assert held is not None
+        waiter = asyncio.ensure_future(s.reserve(max_wait=2.0))
+        await asyncio.sleep(0.5)
+        pause_end = s.on_rate_limited(0.5)
+        s.complete(held, rejected=True)
+        with pytest.raises(QuotaWaitError) as info:
+            await waiter
+        return loop.time(), pause_end, info.value.retry_after
+    failed_at, pause_end, retry_after = virtual(main)
+    assert pause_end == pytest.approx(2.0)
+    assert failed_at == pytest.approx(0.5)
+    assert retry_after == pytest.approx(1.5)
+
+
+class _NoJitter(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return 0.0
+

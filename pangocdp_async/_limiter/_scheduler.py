@@ -324,7 +324,7 @@ class QuotaScheduler:
         """Raise QuotaWaitError if the scheduler already knows the next start lies beyond
         ``deadline`` (``inf``, "after a completion", is no known wait)."""
         expected = self._due(now)
-        if deadline < expected < _INF:
+        if deadline <= expected < _INF:
             raise QuotaWaitError(retry_after=expected - now, budget=budget)
 
     def _expire_deadlines(self, now: float) -> float:
@@ -497,7 +497,7 @@ class QuotaScheduler:
             or "(no windows)",
         )
         for waiter in list(self._waiters):
-            if waiter.deadline < self._paused_until and not waiter.future.done():
+            if waiter.deadline <= self._paused_until and not waiter.future.done():
                 waiter.future.set_exception(
                     QuotaWaitError(retry_after=self._paused_until - now, budget=waiter.budget)
                 )
