@@ -162,8 +162,10 @@ class PangoCDPClient:
             if total is None or total >= self.limiter.lease_ttl:
                 raise ValueError(
                     f"the shared quota's lease_ttl ({self.limiter.lease_ttl:g} s) must be longer "
-                    f"than the request timeout ({total} s): a send still unanswered when its "
-                    "lease ends is counted as answered then")
+                    "than the request timeout ("
+                    + ("none is set" if total is None else f"{total:g} s")
+                    + "): a send still unanswered when its lease ends is counted as answered "
+                    "then")
         self.limiter.bind_credential(api_key)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
@@ -284,9 +286,9 @@ class PangoCDPClient:
         Raises :class:`RequestValidationError` (before any I/O) for bad input, and an
         :class:`APIStatusError` subclass or :class:`APIConnectionError` when the request fails.
         A 401 triggers one token refresh and one retry. A 429 is raised (and pauses every
-        sender of the scheduler); if the scheduler's next slot is more than the client's
-        ``retry.time_budget_s`` away, :class:`QuotaWaitError` is raised at once, with nothing
-        sent, instead of waiting.
+        sender of the scheduler); if the scheduler's next slot is known to be the client's
+        ``retry.time_budget_s`` away or more, :class:`QuotaWaitError` is raised at once, with
+        nothing sent, instead of waiting.
 
         >>> await client.ingest("order", [{"orderId": "A1"}], source="POS")  # doctest: +SKIP
         """

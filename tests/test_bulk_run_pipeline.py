@@ -580,3 +580,54 @@ def test_a_sender_whose_answer_comes_after_the_stop_starts_no_new_request() -> N
     assert [u.position for u in report.unsent] == [2, 3]
     assert report.records_in_doubt == 0
     assert whole(report)
+
+
+def test_records_left_by_a_stop_mid_split_are_unsent_in_the_order_read() -> None:
+    """An async source, batches of 4: the first is refused (400), its left half then meets
+    refused credentials (401). The run stops: the half refused is failed, and the rest of
+    that batch and the batch queued behind it are unsent, in the order they were read."""
+    async def rows() -> AsyncIterator[dict[str, int]]:
+        for i in range(8):
+            yield {"id": i}
+
+    def answer(ids: list[int]) -> RawResponse:
+        if ids == [0, 1, 2, 3]:
+            return reply(400, success=False, errorCode="INVALID", message="bad")
+        return reply(401, message="token refused") if ids == [0, 1] else OK
+
+    async def main() -> IngestReport:
+        async with client_for(Server(answer)) as client:
+            return await client.ingest_many("order", rows(), source="POS", batch_size=4,
+                                            concurrency=1)
+    report = run_in_virtual_time(main())
+    assert report.stopped_by is not None
+    assert [f.position for f in report.failures] == [0, 1]
+    assert [u.position for u in report.unsent] == [2, 3, 4, 5, 6, 7]
+    assert whole(report)
+
+
+def test_a_linger_wake_read_late_never_leaves_a_timer_behind() -> None:
+    """A stream whose reader waits for room in the queue while its linger timer fires: the
+    wake is read late, after a newer linger timer was armed. Cancelled then, the run leaves
+    no timer behind to fire into the closed stream."""
+    errors: list[dict[str, Any]] = []
+
+    async def body(client: PangoCDPClient) -> None:
+        async with client.stream("order", source="POS", batch_size=2, linger=1.0,
+                                 concurrency=1, shutdown_timeout=0.0) as stream:
+            for i in range(9):  # one batch sent, two queued, one waiting for room, one lingering
+                await stream.send({"id": i})
+            await asyncio.sleep(100.0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        async with client_for(Server(delay=lambda ids: 10.0)) as client:
+            task = asyncio.ensure_future(body(client))
+            await asyncio.sleep(10.5)  # the reader has taken the late wake and re-armed
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(20.0)
+    run_in_virtual_time(main())
+    assert errors == []

@@ -211,8 +211,8 @@ def test_a_scheduler_passed_in_outlives_the_client() -> None:
 
 @pytest.mark.parametrize(("timeout", "refused"), [
     (29.9, None),
-    (30.0, "the request timeout (30.0 s)"),
-    (aiohttp.ClientTimeout(total=None), "the request timeout (None s)"),
+    (30.0, "the request timeout (30 s)"),
+    (aiohttp.ClientTimeout(total=None), "the request timeout (none is set)"),
 ])
 def test_a_shared_quotas_leases_must_outlast_the_request_timeout(
         timeout: float | aiohttp.ClientTimeout, refused: str | None, tmp_path: Path) -> None:

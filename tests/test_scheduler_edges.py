@@ -20,7 +20,6 @@ import gc
 import logging
 import random
 import threading
-import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -239,32 +238,30 @@ def test_a_remaining_count_the_model_agrees_with_charges_nothing_silently(
 
 # --- memory and the saved state -------------------------------------------------------------
 def test_waiters_cancelled_behind_a_waiting_head_leave_nothing_behind() -> None:
-    """The head waits for a send in flight; 150 senders queue behind it and time out. The
-    scheduler keeps no trace of them: what its code allocated and still holds stays at a few
-    kB (its queue's spare blocks), where keeping them would take some 30 kB."""
-    async def main() -> int:
+    """The head waits for a send in flight; 150 senders queue behind it without a max_wait and
+    give up (cancelled by their own timeout). The scheduler keeps nothing of them: only the
+    head's entry is left alive."""
+    def live_waiters() -> int:
+        gc.collect()
+        return sum(isinstance(o, _scheduler._Waiter) for o in gc.get_objects())
+
+    async def main() -> tuple[int, int]:
         s = one_per_second()
         held = await s.reserve()
         head = asyncio.ensure_future(s.reserve())
         await asyncio.sleep(0)
+        before = live_waiters()
 
         async def give_up() -> None:
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(s.reserve(), 0.1)
-        tracemalloc.start()
-        try:
-            await asyncio.gather(*(give_up() for _ in range(150)))
-            gc.collect()
-            kept = tracemalloc.take_snapshot().filter_traces(
-                [tracemalloc.Filter(True, _scheduler.__file__)])
-            size = sum(stat.size for stat in kept.statistics("filename"))
-        finally:
-            tracemalloc.stop()
+        await asyncio.gather(*(give_up() for _ in range(150)))
+        after = live_waiters()
         assert s.waiting == 1
         s.complete(held)
         s.complete(await head)
-        return size
-    assert virtual(main) < 18_000
+        return before, after
+    assert virtual(main) == (1, 1)
 
 
 class _Store:

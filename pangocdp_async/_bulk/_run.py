@@ -434,10 +434,12 @@ class BulkRun:
             self.report.stopped_by = refused.error
             self._stopping = True
             # The records of the batch not yet settled (the rest of a batch being split) are
-            # not tried further: the shutdown this starts reports them (in doubt if a request
-            # for them may have arrived, else unsent), as for every sender stopped mid-batch.
+            # not tried further: in doubt if a request for them may have arrived, else unsent,
+            # reported now (before the batches still queued, as they were read).
+            assert self._ledger is not None
             if not state.uncertain:
                 self._finished(batch)  # (a batch with records in doubt stays under way)
+            self._ledger.stopped(state)
             return
         self._finished(batch)
         state.end()

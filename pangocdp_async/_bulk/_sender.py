@@ -66,8 +66,7 @@ class BatchSender:
 
     def __init__(self, send: SendBody, *, encoder: EntryEncoder, init_data: bool,
                  retry: RetryPolicy, ledger: Ledger, stats: StatsRecorder,
-                 stopping: Callable[[], bool] = lambda: False,
-                 rng: random.Random | None = None) -> None:
+                 stopping: Callable[[], bool]) -> None:
         self._send = send
         self._stopping = stopping
         #: Batches refused whole for their envelope since the last accepted one.
@@ -77,7 +76,7 @@ class BatchSender:
         self._retry = retry
         self._ledger = ledger
         self._stats = stats
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = random.Random()  # the backoff's jitter
 
     async def deliver(self, batch: Batch, state: SenderState, *,
                       isolate: bool = True) -> PangoCDPError | None:

@@ -271,9 +271,9 @@ class QuotaScheduler:
         and pass the reservation to :meth:`complete` when the answer (or an error) is in.
 
         ``max_wait`` (seconds): raise :class:`QuotaWaitError` instead of waiting past it, at once
-        if the scheduler already knows the slot is further away (a 429 pause, spent windows), or
-        as soon as a 429 pushes it out while waiting. Cancelling a waiter returns at once; a
-        cancelled waiter takes nothing.
+        if the scheduler already knows the slot is that far away or further (a 429 pause, spent
+        windows), or as soon as a 429 pushes it there while waiting. Cancelling a waiter
+        returns at once; a cancelled waiter takes nothing.
         """
         loop = self._bind_loop()
         now = self.now()
@@ -321,8 +321,8 @@ class QuotaScheduler:
             waiter.waiting = False
 
     def _refuse_past(self, deadline: float, budget: float, now: float) -> None:
-        """Raise QuotaWaitError if the scheduler already knows the next start lies beyond
-        ``deadline`` (``inf``, "after a completion", is no known wait)."""
+        """Raise QuotaWaitError if the scheduler already knows the next start lies at
+        ``deadline`` or beyond (``inf``, "after a completion", is no known wait)."""
         expected = self._due(now)
         if deadline <= expected < _INF:
             raise QuotaWaitError(retry_after=expected - now, budget=budget)
@@ -462,8 +462,8 @@ class QuotaScheduler:
           so repeated 429s cannot stack up pauses.
         - A 429 for a request started before the current pause began belongs to the same
           episode and is only counted.
-        - Queued requests whose ``max_wait`` ends before the pause does fail at once with
-          :class:`QuotaWaitError`.
+        - Queued requests whose ``max_wait`` ends before the pause does, or as it does, fail at
+          once with :class:`QuotaWaitError`.
         """
         now = self.now()
         self.rate_limited += 1
