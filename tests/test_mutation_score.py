@@ -109,3 +109,17 @@ def test_the_mutation_run_leaves_out_what_make_test_leaves_out() -> None:
     assert make_test.group(1).endswith('pytest -m "not slow"')
     assert "The tests marked slow are left out of the run, as they are of `make test`" in \
         " ".join((root / "README.md").read_text().split())
+
+
+def test_survivors_are_tried_after_every_test_is_traced_again() -> None:
+    """The README says survivors are tried after a full trace: `make mutation` drops mutmut's
+    test-to-function map (kept only for new tests otherwise) between the run and the retry."""
+    root = Path(__file__).resolve().parent.parent
+    recipe = (root / "Makefile").read_text().split("\nmutation: $(VENV)/.installed-test\n")[1]
+    steps = [line.strip() for line in recipe.split("\n\n")[0].splitlines()
+             if line.startswith("\t") and not line.strip().startswith("#")]
+    assert steps[0] == "$(BIN)/mutmut run --max-children 2"
+    assert steps[1] == "rm -f mutants/mutmut-stats.json"
+    assert steps[2].startswith('survivors="$$($(BIN)/python tests/mutation_score.py --names)"')
+    assert "the trace is made again from every test" in " ".join(
+        (root / "README.md").read_text().split())
