@@ -23,6 +23,7 @@ from pangocdp_async import (
     RetryPolicy,
 )
 from pangocdp_async.testing import InProcessTransport, run_in_virtual_time
+from tests.test_bulk_cases import cancel_after
 
 FAST = RetryPolicy(backoff_initial_s=0.01, max_attempts=2)
 #: Two good records around three the client refuses (positions 1, 2 and 3).
@@ -131,12 +132,7 @@ def test_records_in_flight_at_the_shutdown_timeout_are_logged_in_doubt(
             task = asyncio.ensure_future(client.ingest_many(
                 "order", [{"id": i} for i in range(70)], source="POS", concurrency=1,
                 shutdown_timeout=0.5))
-            await asyncio.sleep(15.0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert client.last_report is not None
-            return client.last_report
+            return await cancel_after(client, task, 15.0)
     report = run_in_virtual_time(main())
     assert [d.position for d in report.in_doubt] == list(range(50, 70))
     assert ("20 record(s) in doubt (first at position 50): no answer before the run stopped"

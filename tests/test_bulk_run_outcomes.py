@@ -27,6 +27,7 @@ from pangocdp_async import (
 )
 from pangocdp_async._bulk import BulkOptions
 from pangocdp_async.testing import run_in_virtual_time
+from tests.test_bulk_cases import cancel_after
 from tests.test_bulk_run_sender import OK, Answer, Server, client_for, ingest, refuse, reply, whole
 
 
@@ -251,12 +252,7 @@ def test_a_half_past_the_budget_in_doubt_is_reported_once_when_cancelled() -> No
             task = asyncio.ensure_future(client.ingest_many(
                 "order", [{"id": 0}, {"id": 1}], source="POS", concurrency=1,
                 shutdown_timeout=0.0))
-            await asyncio.sleep(2.0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert client.last_report is not None
-            return client.last_report
+            return await cancel_after(client, task, 2.0)
     report = run_in_virtual_time(main())
     assert server.sent == [[0, 1], [0], [1]]
     assert [d.position for d in report.in_doubt] == [0, 1]

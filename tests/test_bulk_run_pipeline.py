@@ -277,25 +277,21 @@ class ExactClockLoop(VirtualTimeLoop):
         self._virtual_now += seconds
 
 
+async def _a_lone_record_lingering(wait: float) -> list[tuple[float, list[int]]]:
+    """A stream with linger=0.5 and one record: what the server received in ``wait`` seconds
+    (when, which ids), before leaving the block could flush anything."""
+    server = Server()
+    async with client_for(server) as client:
+        async with client.stream("order", source="POS", linger=0.5) as stream:
+            await stream.send({"id": 0})
+            await asyncio.sleep(wait)
+            return list(zip(server.sent_at, server.sent, strict=True))
+
+
 def test_linger_on_a_clock_that_reads_exactly_the_deadline() -> None:
     """With linger=0.5 the partial batch leaves when the clock reads 0.5, also on a clock that
     does not move between turns of the loop."""
-    async def main() -> list[tuple[float, list[int]]]:
-        loop = asyncio.get_running_loop()
-        sent: list[tuple[float, list[int]]] = []
-
-        def answer(ids: list[int]) -> RawResponse:
-            sent.append((loop.time(), ids))
-            return OK
-        async with client_for(Server(answer)) as client:
-            async with client.stream("order", source="POS", linger=0.5) as stream:
-                await stream.send({"id": 0})
-                await asyncio.sleep(2.0)
-                assert sent == [(0.5, [0])]
-        return sent
-
-    assert run_on(ExactClockLoop(), main()) == [(0.5, [0])]
-
+    assert run_on(ExactClockLoop(), _a_lone_record_lingering(2.0)) == [(0.5, [0])]
 
 TICK = 2.0 ** -10
 
@@ -348,23 +344,9 @@ class CoarseClockLoop(VirtualTimeLoop):
 def test_linger_holds_when_the_timer_fires_early() -> None:
     """With linger=0.5 on a loop whose timers fire early, the lone record still leaves at
     its deadline, with no flush and no other record to carry it."""
-    async def main() -> list[tuple[float, list[int]]]:
-        loop = asyncio.get_running_loop()
-        sent: list[tuple[float, list[int]]] = []
-
-        def answer(ids: list[int]) -> RawResponse:
-            sent.append((loop.time(), ids))
-            return OK
-        async with client_for(Server(answer)) as client:
-            async with client.stream("order", source="POS", linger=0.5) as stream:
-                await stream.send({"id": 0})
-                await asyncio.sleep(5.0)
-                assert [ids for _, ids in sent] == [[0]]
-        return sent
-
-    sent = run_on(CoarseClockLoop(), main())
+    sent = run_on(CoarseClockLoop(), _a_lone_record_lingering(5.0))
+    assert [ids for _, ids in sent] == [[0]]
     assert 0.5 <= sent[0][0] <= 0.75
-
 
 def _run_logs(caplog: pytest.LogCaptureFixture, server: Server, n: int,
               cancel_at: float | None = None) -> tuple[IngestReport, list[tuple[int, str]]]:
