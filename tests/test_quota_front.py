@@ -87,6 +87,22 @@ async def _in_flight(backend: SQLiteQuotaBackend) -> tuple[int, int]:
     return used[0] - in_flight, in_flight
 
 
+async def _wait_after_a_429_on_the_share(hooked: _Hooked, s: SharedQuotaScheduler,
+                                         retry_after: float) -> float:
+    """The backend down, the local share serving: one send is answered 429 saying
+    ``retry_after``; how long the next send then waits. Ends with the backend up and ``s``
+    closed."""
+    r = await asyncio.wait_for(s.reserve(), 60.0)
+    s.complete(r, rejected=True)
+    s.on_rate_limited(retry_after, r)
+    t0 = _now()
+    s.complete(await asyncio.wait_for(s.reserve(), 60.0))
+    waited = _now() - t0
+    hooked.down = False
+    await s.close()
+    return waited
+
+
 def _lose_the_reply_then_go_down(hooked: _Hooked) -> None:
     """The next reservation is applied and its reply lost; its retries find the backend down."""
     hooked.lose["reserve"] = 1

@@ -17,7 +17,7 @@ import pytest
 
 from pangocdp_async import QuotaWaitError, RateLimit, SQLiteQuotaBackend
 
-from .test_quota_front import _Hooked, _in_flight
+from .test_quota_front import _Hooked, _in_flight, _wait_after_a_429_on_the_share
 from .test_quota_shared import SPAN, _backend, _now, _run, _shared
 
 
@@ -96,15 +96,7 @@ def test_a_429_on_the_local_share_pauses_the_share(tmp_path: Path) -> None:
         s = _shared(tmp_path, backend=hooked, limits=[RateLimit(10, 1.0)],
                     on_backend_down="local-share", local_share=2, retry_after_pad=0.0,
                     rng=random.Random(1))
-        r = await asyncio.wait_for(s.reserve(), 60.0)
-        s.complete(r, rejected=True)
-        s.on_rate_limited(5.0, r)
-        t0 = _now()
-        s.complete(await asyncio.wait_for(s.reserve(), 60.0))
-        waited = _now() - t0
-        hooked.down = False
-        await s.close()
-        return waited
+        return await _wait_after_a_429_on_the_share(hooked, s, 5.0)
 
     assert 5.0 <= _run(main()) <= 5.6
 

@@ -17,7 +17,12 @@ import pytest
 from pangocdp_async import Margin, QuotaWaitError, RateLimit, SQLiteQuotaBackend
 from pangocdp_async._constants import PAUSE_JITTER
 
-from .test_quota_front import _Hooked, _in_flight, _lose_the_reply_then_go_down
+from .test_quota_front import (
+    _Hooked,
+    _in_flight,
+    _lose_the_reply_then_go_down,
+    _wait_after_a_429_on_the_share,
+)
 from .test_quota_shared import SPAN, _backend, _now, _run, _shared
 
 
@@ -323,15 +328,7 @@ def test_the_local_share_keeps_max_retry_after_and_the_jitter_source(tmp_path: P
         path.mkdir(exist_ok=True)
         hooked, s = _share(path, [RateLimit(10, 1.0)], max_retry_after=2.0,
                            retry_after_pad=0.0, rng=random.Random(seed))
-        r = await asyncio.wait_for(s.reserve(), 60.0)
-        s.complete(r, rejected=True)
-        s.on_rate_limited(10.0, r)
-        t0 = _now()
-        s.complete(await asyncio.wait_for(s.reserve(), 60.0))
-        waited = _now() - t0
-        hooked.down = False
-        await s.close()
-        return waited
+        return await _wait_after_a_429_on_the_share(hooked, s, 10.0)
 
     first = _run(main(4))
     assert 2.0 <= first <= 2.0 * (1.0 + PAUSE_JITTER) + 0.01
